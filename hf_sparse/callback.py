@@ -1,0 +1,33 @@
+"""SparsityCallback: the per-step work, at the moments the Trainer offers.
+
+``on_pre_optimizer_step`` (gradients all-reduced and clipped): keep dense gradients for growth,
+zero the gradients of pruned weights. ``on_optimizer_step`` (new weights): update masks when
+due, re-apply them. ``SparseTrainer`` also masks gradients *before* clipping; with a plain
+``Trainer`` (``callbacks=[SparsityCallback(Sparsifier(model, config))]``) pruned weights'
+gradients still count in the clip norm.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .sparsifier import Sparsifier
+
+
+class SparsityCallback(TrainerCallback):
+    def __init__(self, sparsifier: Sparsifier, step_was_skipped: Optional[Callable[[], bool]] = None):
+        self.sparsifier = sparsifier
+        self.step_was_skipped = step_was_skipped or (lambda: False)
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.sparsifier.begin(state.max_steps)
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.sparsifier.prepare_gradients(state.global_step + 1)
+
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.sparsifier.after_optimizer_step(
+            state.global_step + 1, kwargs.get("optimizer"), skipped=self.step_was_skipped()
+        )

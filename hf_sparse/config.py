@@ -1,0 +1,203 @@
+"""SparsityConfig: what the user asked for, validated at the boundary, JSON-serialisable.
+
+The config holds no logic beyond validation: schedules, allocation and methods read it.
+Fields carry ``metadata={"help": ...}`` so ``HfArgumentParser`` turns them into flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from .io_utils import atomic_write_text
+
+CONFIG_NAME = "sparsity_config.json"
+ALLOCATIONS = ("uniform", "global", "erk")
+_NM_RE = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_nm(pattern: str) -> Optional[tuple[int, int]]:
+    """Return (N, M) for an "N:M" pattern, None for "unstructured"."""
+    if pattern == "unstructured":
+        return None
+    match = _NM_RE.match(pattern)
+    if match is None:
+        raise ValueError(f"pattern must be 'unstructured' or 'N:M' (e.g. '2:4'), got {pattern!r}")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n <= m:
+        raise ValueError(f"pattern {pattern!r}: need 0 < N <= M")
+    return n, m
+
+
+@dataclass
+class SparsityConfig:
+    """How a model is made sparse during training.
+
+    ``start``/``end``: a float in [0, 1] is a fraction of the run's optimizer steps, an int
+    (or a float > 1 with no fractional part, as the command line gives) is a step number.
+    """
+
+    method: str = field(default="gmp", metadata={"help": "Registered pruning method (gmp, oneshot, ...)."})
+    sparsity: Optional[float] = field(
+        default=None,
+        metadata={"help": "Final fraction of zeros over targeted weights, in [0, 1). Default 0.9, or 1-N/M for N:M."},
+    )
+    initial_sparsity: float = field(default=0.0, metadata={"help": "Sparsity at the start of the schedule."})
+    pattern: str = field(default="unstructured", metadata={"help": "'unstructured' or 'N:M' (e.g. '2:4')."})
+    allocation: str = field(default="uniform", metadata={"help": "Per-layer allocation: uniform, global or erk."})
+    targets: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Regexes over module names to sparsify; default every Linear/Conv weight but embeddings and heads."},
+    )
+    ignore: Optional[list[str]] = field(default=None, metadata={"help": "Regexes over module names to leave dense."})
+    start: float = field(default=0.0, metadata={"help": "First pruning step: fraction of training in [0,1] or a step."})
+    end: float = field(default=0.75, metadata={"help": "Last mask update: fraction of training in [0,1] or a step."})
+    update_every: int = field(default=100, metadata={"help": "Optimizer steps between mask updates."})
+    method_args: Union[dict, str, None] = field(
+        default=None, metadata={"help": "Method-specific options as a dict or JSON string; validated by the method."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the sparsity generator (random masks, random growth)."})
+    sync_masks: bool = field(
+        default=True, metadata={"help": "Broadcast masks from rank 0 after each update (a no-op on one process)."}
+    )
+
+    def __post_init__(self) -> None:
+        self._normalise_types()
+        from .registry import get_method_class  # local: registry imports methods that import config
+
+        nm = parse_nm(self.pattern)
+        if self.sparsity is None:
+            self.sparsity = 1.0 - nm[0] / nm[1] if nm else 0.9
+        self._check_fraction("sparsity", self.sparsity)
+        self._check_fraction("initial_sparsity", self.initial_sparsity)
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(
+                f"initial_sparsity ({self.initial_sparsity}) must not exceed sparsity ({self.sparsity})"
+            )
+        if nm is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+            raise ValueError(
+                f"pattern {self.pattern!r} fixes sparsity at {1 - nm[0] / nm[1]:g}; got sparsity={self.sparsity}"
+            )
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if nm is not None and self.allocation != "uniform":
+            raise ValueError(f"pattern {self.pattern!r} needs allocation='uniform', got {self.allocation!r}")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (a fraction in [0, 1] or a step), got {value}")
+        if self.is_step(self.start) == self.is_step(self.end) and self.start > self.end:
+            raise ValueError(f"start ({self.start}) must not be after end ({self.end})")
+        if self.update_every < 1:
+            raise ValueError(f"update_every must be >= 1, got {self.update_every}")
+        for name in ("targets", "ignore"):
+            for pattern in getattr(self, name) or []:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"{name}: invalid regex {pattern!r}: {err}") from err
+        get_method_class(self.method).validate_config(self)
+
+    def _normalise_types(self) -> None:
+        if isinstance(self.method_args, str):
+            text = self.method_args.strip()
+            try:
+                self.method_args = json.loads(text) if text else {}
+            except json.JSONDecodeError as err:
+                raise ValueError(f"method_args must be a dict or a JSON object string: {err}") from err
+        if self.method_args is None:
+            self.method_args = {}
+        if not isinstance(self.method_args, dict):
+            raise TypeError(f"method_args must be a dict, got {type(self.method_args).__name__}")
+        for name in ("targets", "ignore"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [value])
+            elif value is not None and not isinstance(value, (list, tuple)):
+                raise TypeError(f"{name} must be a list of regex strings or None, got {type(value).__name__}")
+            elif value is not None:
+                setattr(self, name, list(value))
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a float fraction or an int step, got {value!r}")
+            if isinstance(value, float) and value > 1 and value.is_integer():
+                setattr(self, name, int(value))
+            elif isinstance(value, float) and value > 1:
+                raise ValueError(f"{name}={value}: a fraction must lie in [0, 1]; a step must be a whole number")
+        if isinstance(self.update_every, float) and self.update_every.is_integer():
+            self.update_every = int(self.update_every)
+        if not isinstance(self.update_every, int) or isinstance(self.update_every, bool):
+            raise TypeError(f"update_every must be an int, got {self.update_every!r}")
+
+    @staticmethod
+    def _check_fraction(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+    @staticmethod
+    def is_step(value: Union[int, float]) -> bool:
+        """An int is an absolute optimizer step; a float is a fraction of the run."""
+        return isinstance(value, int)
+
+    def resolve_step(self, value: Union[int, float], total_steps: int) -> int:
+        """Turn ``start``/``end`` into an optimizer step of a run of ``total_steps``."""
+        if self.is_step(value):
+            return int(value)
+        return int(round(value * total_steps))
+
+    @property
+    def nm(self) -> Optional[tuple[int, int]]:
+        return parse_nm(self.pattern)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _copy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SparsityConfig":
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SparsityConfig fields {unknown}; valid fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: Union[str, os.PathLike]) -> None:
+        atomic_write_text(path, self.to_json_string())
+
+    @classmethod
+    def from_json_file(cls, path: Union[str, os.PathLike]) -> "SparsityConfig":
+        with open(path, encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        self.to_json_file(os.path.join(save_directory, CONFIG_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike]) -> "SparsityConfig":
+        path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+        return cls.from_json_file(path)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value

@@ -1,0 +1,106 @@
+"""PruningMethod: the small interface every method implements.
+
+A method decides how masks evolve; it never touches the Trainer, the optimizer or files.
+The engine (``Sparsifier``) calls ``setup`` once the run length is known, ``init_masks`` at
+the start of training, and ``update_masks`` on steps where ``is_update_step`` is true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
+
+import torch
+
+from ..allocation import Allocation
+from ..schedules import UpdateSteps
+from ..targets import Target
+
+if TYPE_CHECKING:
+    from ..config import SparsityConfig
+
+Masks = dict[str, torch.Tensor]
+
+
+@dataclass
+class NoArgs:
+    """A method without options."""
+
+
+class PruningMethod:
+    """Base class. Subclasses set ``Args`` (a dataclass of ``method_args``) and override hooks."""
+
+    name: ClassVar[str] = "base"
+    Args: ClassVar[type] = NoArgs
+    supports_nm: ClassVar[bool] = True
+    #: Whether update steps need the dense gradient of every targeted weight (RigL-style growth).
+    needs_gradients: ClassVar[bool] = False
+
+    # -- validation at the config boundary ----------------------------------------------------
+    @classmethod
+    def parse_args(cls, method_args: Mapping[str, Any]) -> Any:
+        valid = [f.name for f in dataclasses.fields(cls.Args)]
+        unknown = sorted(set(method_args) - set(valid))
+        if unknown:
+            raise ValueError(f"method {cls.name!r}: unknown method_args {unknown}; valid keys: {valid}")
+        try:
+            return cls.Args(**method_args)
+        except TypeError as err:  # a dataclass raises TypeError for bad keyword use
+            raise ValueError(f"method {cls.name!r}: bad method_args: {err}") from err
+
+    @classmethod
+    def validate_config(cls, config: "SparsityConfig") -> None:
+        cls.parse_args(config.method_args or {})
+        if config.nm is not None and not cls.supports_nm:
+            raise ValueError(f"method {cls.name!r} does not support pattern={config.pattern!r}; use 'unstructured'")
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def __init__(self, config: "SparsityConfig", targets: list[Target]):
+        self.config = config
+        self.args = self.parse_args(config.method_args or {})
+        self.targets = targets
+        self.allocation = Allocation(config.allocation, targets)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.total_steps = 0
+        self.updates: Optional[UpdateSteps] = None
+
+    def setup(self, total_steps: int) -> None:
+        """Resolve fractions of the run into steps once the Trainer knows its length."""
+        self.total_steps = total_steps
+        start = self.config.resolve_step(self.config.start, total_steps)
+        end = max(start, self.config.resolve_step(self.config.end, total_steps))
+        self.updates = UpdateSteps(start, end, self.config.update_every)
+
+    def is_update_step(self, step: int) -> bool:
+        return self.updates is not None and step in self.updates
+
+    def target_sparsity(self, step: int) -> float:
+        """The overall sparsity this method aims at after ``step`` (for logs)."""
+        return self.config.sparsity
+
+    def init_masks(self, weights: Mapping[str, torch.Tensor], masks: Masks) -> Masks:
+        """Masks at the start of training (step 0, before any optimizer step)."""
+        return masks
+
+    def update_masks(
+        self,
+        step: int,
+        weights: Mapping[str, torch.Tensor],
+        masks: Masks,
+        grads: Optional[Mapping[str, torch.Tensor]] = None,
+    ) -> Masks:
+        """New masks at an update step. ``grads`` is given when ``needs_gradients`` is set."""
+        raise NotImplementedError
+
+    def update_logs(self) -> dict[str, float]:
+        """Numbers about the last update worth logging (e.g. how many weights regrew)."""
+        return {}
+
+    # -- state for checkpoints: tensors go to safetensors, the rest to JSON ---------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
