@@ -1,0 +1,169 @@
+"""The shared matrix: every registered method x allocation x pattern keeps the invariants.
+
+Invariants (shared/methods.md section 7): masked weights exactly 0 after every optimizer step;
+optimizer state at masked positions 0; masks change only on optimizer-step boundaries (with
+gradient accumulation and clipping on); resume gives bitwise-equal masks; save/load round trip.
+A new method adds one row to METHOD_ROWS (a test fails if a registered method has none).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from hf_sparse import SparseTrainer, SparsityConfig, available_methods, get_method_class
+from hf_sparse.checkpoint import load_sparsity_state
+from hf_sparse.optim_state import _inner
+
+from conftest import PairDataset, tiny_bert, training_args
+
+# method -> SparsityConfig overrides for a 12-step run (mask updates every 2 steps).
+METHOD_ROWS: dict[str, dict] = {
+    "gmp": dict(sparsity=0.75, initial_sparsity=0.25, start=2, end=8, update_every=2),
+    "oneshot": dict(sparsity=0.75, start=2),
+}
+ALLOCATIONS = ["uniform", "global", "erk"]
+PATTERNS = ["unstructured", "2:4"]
+
+
+def _cases():
+    for method in sorted(METHOD_ROWS):
+        for allocation in ALLOCATIONS:
+            for pattern in PATTERNS:
+                if pattern != "unstructured" and allocation != "uniform":
+                    continue
+                yield pytest.param(method, allocation, pattern, id=f"{method}-{allocation}-{pattern}")
+
+
+def make_config(method: str, allocation: str = "uniform", pattern: str = "unstructured") -> SparsityConfig:
+    row = dict(METHOD_ROWS[method])
+    if pattern != "unstructured":
+        row["sparsity"] = None
+        row.pop("initial_sparsity", None)
+    return SparsityConfig(method=method, allocation=allocation, pattern=pattern, **row)
+
+
+def _supported(method: str, pattern: str) -> bool:
+    return pattern == "unstructured" or get_method_class(method).supports_nm
+
+
+class InvariantChecker(TrainerCallback):
+    """Checks the invariants at every micro-batch and optimizer step; records violations."""
+
+    def __init__(self, trainer: SparseTrainer):
+        self.trainer = trainer
+        self.sparsifier = trainer.sparsifier
+        self.violations: list[str] = []
+        self.masks_at_step: dict[int, dict[str, torch.Tensor]] = {}
+        self.substeps = 0
+        self.steps_checked = 0
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: m.clone() for n, m in self.sparsifier.masks.items()}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.masks_at_step[state.global_step] = self._snapshot()
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.substeps += 1
+        last = self.masks_at_step[max(self.masks_at_step)]
+        if any(not torch.equal(last[n], m) for n, m in self.sparsifier.masks.items()):
+            self.violations.append(f"masks changed inside gradient accumulation at step {state.global_step}")
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        step = state.global_step
+        self.steps_checked += 1
+        masks = self._snapshot()
+        for name, param in self.sparsifier.params.items():
+            pruned = ~masks[name]
+            if torch.any(param.detach()[pruned] != 0):
+                self.violations.append(f"step {step}: {name} has nonzero pruned weights")
+            for key, value in _inner(optimizer).state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and torch.any(value[pruned] != 0):
+                    self.violations.append(f"step {step}: optimizer state {key!r} of {name} nonzero where pruned")
+        previous = self.masks_at_step[max(self.masks_at_step)]
+        changed = any(not torch.equal(previous[n], masks[n]) for n in masks)
+        if changed and not self.sparsifier.method.is_update_step(step):
+            self.violations.append(f"masks changed at step {step}, not an update step")
+        self.masks_at_step[step] = masks
+
+
+def _train(tmp_path, config, **arg_overrides):
+    args = training_args(tmp_path, gradient_accumulation_steps=2, max_grad_norm=1.0, **arg_overrides)
+    trainer = SparseTrainer(model=tiny_bert(), args=args, train_dataset=PairDataset(n=96), sparsity_config=config)
+    checker = InvariantChecker(trainer)
+    trainer.add_callback(checker)
+    return trainer, checker
+
+
+def test_every_registered_method_has_a_row():
+    assert set(available_methods()) == set(METHOD_ROWS), "add the new method to METHOD_ROWS"
+
+
+@pytest.mark.parametrize("method,allocation,pattern", list(_cases()))
+def test_invariants_every_step(tmp_path, method, allocation, pattern):
+    if not _supported(method, pattern):
+        with pytest.raises(ValueError, match="pattern"):
+            make_config(method, allocation, pattern)
+        return
+    config = make_config(method, allocation, pattern)
+    trainer, checker = _train(tmp_path, config, optim="adamw_torch")
+    trainer.train()
+    assert checker.steps_checked == 12 and checker.substeps == 12
+    assert checker.violations == []
+    masks = trainer.masks
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    target = trainer.sparsifier.target_sparsity()
+    assert abs((1 - kept / total) - target) <= len(masks) / total  # exact within one weight per layer
+    assert trainer.sparsifier.update_count >= 1
+    for name, param in trainer.sparsifier.params.items():
+        assert torch.equal(param.detach() != 0, masks[name] & (param.detach() != 0))
+    if pattern == "2:4":
+        for name, mask in masks.items():
+            groups = mask.reshape(-1, 4).sum(dim=1)
+            assert torch.all(groups == 2), name
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adamw_torch"])
+@pytest.mark.parametrize("method", sorted(METHOD_ROWS))
+def test_invariants_with_optimizers(tmp_path, method, optim):
+    trainer, checker = _train(tmp_path, make_config(method), optim=optim, optim_args=None)
+    if optim == "sgd":
+        trainer.args.optim_args = None
+    trainer.train()
+    assert checker.violations == []
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_ROWS))
+def test_resume_gives_bitwise_equal_masks(tmp_path, method):
+    config = make_config(method)
+    full, _ = _train(tmp_path / "full", config, save_strategy="steps", save_steps=4)
+    full.train()
+    resumed, checker = _train(tmp_path / "resumed", make_config(method))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert checker.violations == []
+    for name, mask in full.masks.items():
+        assert torch.equal(mask, resumed.masks[name]), name
+    for name, param in full.sparsifier.params.items():
+        assert torch.equal(param.detach(), resumed.sparsifier.params[name].detach()), name
+    assert full.sparsifier.state_dict()["update_count"] == resumed.sparsifier.state_dict()["update_count"]
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_ROWS))
+def test_save_load_round_trip(tmp_path, method):
+    from transformers import AutoModelForSequenceClassification
+
+    trainer, _ = _train(tmp_path, make_config(method))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "out"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "out"))
+    state, config = load_sparsity_state(str(tmp_path / "out"))
+    assert SparsityConfig.from_dict(config) == trainer.sparsity_config
+    assert SparsityConfig.from_pretrained(str(tmp_path / "out")) == trainer.sparsity_config
+    params = dict(reloaded.named_parameters())
+    for name, mask in trainer.masks.items():
+        assert torch.equal(state["masks"][name], mask)
+        assert torch.all(params[name][~mask] == 0)
+        assert torch.equal(params[name], trainer.sparsifier.params[name].detach())
