@@ -135,3 +135,20 @@ def test_skipped_amp_step_defers_the_update():
     assert sparsifier.sparsity == 0.0 and sparsifier.pending_update
     assert sparsifier.after_optimizer_step(4) is True
     assert abs(sparsifier.sparsity - 0.5) < 1e-3 and not sparsifier.pending_update
+
+
+def test_load_best_model_restores_its_masks(tmp_path):
+    from hf_sparse.checkpoint import load_sparsity_state
+
+    args = training_args(tmp_path, eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=4,
+                         load_best_model_at_end=True, metric_for_best_model="sparsity_probe", greater_is_better=True)
+    trainer = SparseTrainer(model=tiny_bert(), args=args, train_dataset=PairDataset(), eval_dataset=PairDataset(n=16),
+                            sparsity_config=SparsityConfig(**GMP),
+                            compute_metrics=lambda _: {"sparsity_probe": -trainer.sparsifier.sparsity})
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best.endswith("checkpoint-4")  # the least sparse: masks differ from the last
+    state, _ = load_sparsity_state(best)
+    for name, mask in trainer.masks.items():
+        assert torch.equal(mask, state["masks"][name])
+        assert torch.all(trainer.sparsifier.params[name].detach()[~mask] == 0)
