@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import logging
+import numbers
 import os
 import sys
 import typing
@@ -423,10 +424,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         label_list, num_labels = list(label_feature.names), label_feature.num_classes
     else:
         label_list = sorted(set(reference.unique(label_column)))
-        num_labels = len(label_list)
-        if task is not None and num_labels > task.num_labels:
-            raise ValueError(f"{task.name} has {task.num_labels} labels but the data has {num_labels}: {label_list}")
-        num_labels = task.num_labels if task is not None else num_labels
+        if task is not None and all(isinstance(v, numbers.Integral) for v in label_list):
+            # GLUE ids in a local file: keep them as they are, even if a class is absent from the sample
+            if label_list and (min(label_list) < 0 or max(label_list) >= task.num_labels):
+                raise ValueError(f"{task.name} labels are 0..{task.num_labels - 1}; the data has {label_list}")
+            label_list = list(range(task.num_labels))
+        elif task is not None and len(label_list) > task.num_labels:
+            raise ValueError(f"{task.name} has {task.num_labels} labels but the data has {len(label_list)}: {label_list}")
+        num_labels = task.num_labels if task is not None else len(label_list)
         if num_labels < 2:
             raise ValueError(f"classification needs at least 2 labels, the training data has {label_list}")
     task = task or custom_task(text_columns, num_labels)

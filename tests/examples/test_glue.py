@@ -176,6 +176,7 @@ def tiny(tmp_path_factory):
     rows = [[" ".join(rng.choice(WORDS) for _ in range(6)), rng.randint(0, 1)] for _ in range(48)]
     _write_rows(os.path.join(root, "train.csv"), ["sentence", "label"], rows[:32])
     _write_rows(os.path.join(root, "dev.csv"), ["sentence", "label"], rows[32:])
+    _write_rows(os.path.join(root, "ones.csv"), ["sentence1", "sentence2", "label"], [[r[0], r[0], 1] for r in rows[:8]])
     pairs = [[" ".join(rng.choice(WORDS) for _ in range(4)), " ".join(rng.choice(WORDS) for _ in range(4)),
               round(rng.uniform(0, 5), 2)] for _ in range(24)]
     _write_rows(os.path.join(root, "sts.tsv"), ["sentence1", "sentence2", "label"], pairs, delimiter="\t")
@@ -217,6 +218,15 @@ def test_regression_task_with_local_tsv(tiny, tmp_path):
                                  "--max_steps", "4", "--sparsity", "0.5", "--ignore_mismatched_sizes"))
     assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(results)
     assert results["final_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_glue_task_in_local_file_keeps_label_ids(tiny, tmp_path):
+    """rte from a file holding only label 1: ids stay GLUE's (0, 1), not remapped to a single class."""
+    ones = os.path.join(tiny["root"], "ones.csv")
+    run.main(tiny_args(tiny, tmp_path, "--task_name", "rte", "--train_file", ones, "--validation_file", ones,
+                       "--max_steps", "2"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["label2id"] == {"0": 0, "1": 1} and config["id2label"] == {"0": "0", "1": "1"}
 
 
 def test_clear_errors(tiny, tmp_path):
