@@ -36,6 +36,7 @@ def load_run():
     sys.path.insert(0, os.path.join(ROOT, "examples", "glue"))
     spec = importlib.util.spec_from_file_location("glue_run", os.path.join(ROOT, "examples", "glue", "run.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules["glue_run"] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

@@ -68,7 +68,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "do_eval": True,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
-    "learning_rate": 5e-5,
+    "learning_rate": 1e-4,  # sparse fine-tuning recovers better at a higher peak LR (GMP*, oBERT use ~1e-4)
     "num_train_epochs": 2.0,
     "logging_steps": 10,
     "save_strategy": "no",
@@ -343,7 +343,10 @@ def trainer_distillation_kwargs(model_args: ModelArguments, sparse_args: SparseA
             f"teacher {model_args.teacher_model_name_or_path} has {teacher.config.num_labels} outputs, "
             f"the task needs {num_labels}: use a teacher fine-tuned on this task"
         )
-    options = json.loads(sparse_args.distillation_args) if sparse_args.distillation_args else {}
+    try:
+        options = json.loads(sparse_args.distillation_args) if sparse_args.distillation_args else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--distillation_args must be a JSON object, e.g. '{{\"temperature\": 2.0}}': {err}") from err
     return {"teacher_model": teacher, "distillation": DistillationConfig(**options)}
 
 

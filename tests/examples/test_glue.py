@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -238,9 +239,32 @@ def test_clear_errors(tiny, tmp_path):
         run.main(tiny_args(tiny, tmp_path, "--label_column", "gold"))
     with pytest.raises(ValueError, match="does not fit this task's 2 label"):
         run.main(tiny_args(tiny, tmp_path, "--model_name_or_path", tiny["model3"]))
+
+
+def test_teacher(tiny, tmp_path):
+    """With hf_sparse distillation: trains with the teacher; without: a clear error before training."""
+    args = tiny_args(tiny, tmp_path, "--teacher_model_name_or_path", tiny["model"], "--max_steps", "2",
+                     "--distillation_args", '{"temperature": 3.0}')
     if not hasattr(hf_sparse, "DistillationConfig"):
         with pytest.raises(ValueError, match="no distillation"):
-            run.main(tiny_args(tiny, tmp_path, "--teacher_model_name_or_path", tiny["model"]))
+            run.main(args)
+        return
+    captured = {}
+    original = hf_sparse.SparseTrainer.__init__
+
+    @functools.wraps(original)  # keeps the signature run.py inspects
+    def spy(self, *a, **kw):
+        captured.update(kw)
+        original(self, *a, **kw)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(hf_sparse.SparseTrainer, "__init__", spy):
+        results = run.main(args)
+    assert captured["distillation"].temperature == 3.0 and captured["teacher_model"] is not None
+    assert results["final_sparsity"] > 0
+    with pytest.raises(ValueError, match="teacher .* has 3 outputs, the task needs 2"):
+        run.main(tiny_args(tiny, tmp_path, "--teacher_model_name_or_path", tiny["model3"]))
 
 
 def test_sparse_trainer_refuses_fsdp(monkeypatch, bert, tmp_path):
