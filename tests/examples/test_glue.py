@@ -304,3 +304,16 @@ def test_two_ranks_identical_masks(tiny, tmp_path):
     single = run.main(single_args)
     assert ranks[0]["final_sparsity"] == pytest.approx(single["final_sparsity"], abs=1e-9)
     assert single["final_sparsity"] == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.slow
+def test_offline_default_truncated(tmp_path):
+    """No data/model flags: packaged all-MiniLM-L6-v2 on the bundled Rotten Tomatoes sample (2 steps only)."""
+    results = run.main(["--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "4",
+                        "--max_eval_samples", "16", "--use_cpu", "--disable_tqdm", "True", "--start", "1",
+                        "--end", "2", "--update_every", "1"])
+    assert results["train_samples"] == run.OFFLINE_DEFAULT_MAX_TRAIN_SAMPLES and results["eval_samples"] == 16
+    assert results["final_sparsity"] == pytest.approx(0.9, abs=0.005)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6  # the real MiniLM
+    assert "Rotten Tomatoes" in (tmp_path / "README.md").read_text()
