@@ -81,6 +81,7 @@ def main() -> None:
               f"{r['wall_s']:.0f} |" for r in results]
     if not has_presets:
         lines += ["", "Extended recipe (`--preset bert-glue-extended`) not measured: this hf_sparse has no presets."]
+    lines += ["", f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (wall times scale with load)."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(RESULTS, "glue_minilm.md"), "w") as handle:
         handle.write(table)
