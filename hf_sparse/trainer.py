@@ -39,6 +39,12 @@ class SparseTrainer(Trainer):
 
     def __init__(self, *args: Any, sparsity_config: Union[SparsityConfig, dict, str, None] = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if getattr(self, "is_fsdp_enabled", False):
+            raise ValueError(
+                "SparseTrainer does not support FSDP (TrainingArguments.fsdp / an accelerate FSDP config): "
+                "masks on sharded parameters are not supported. Use DDP instead "
+                "(accelerate launch --num_processes N without an FSDP config)."
+            )
         if self.model is None:
             raise ValueError("SparseTrainer needs a model (model_init is not supported)")
         self.sparsity_config = _as_config(sparsity_config)
