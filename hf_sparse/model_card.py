@@ -136,15 +136,24 @@ def write_model_card(
     tags: Union[str, Sequence[str], None] = None,
     language: Union[str, Sequence[str], None] = None,
     license: Optional[str] = None,
+    layout: Optional[str] = None,
 ) -> str:
     """Write ``README.md`` (and the PNG plots) into a saved folder; returns the card's path.
 
-    Masks default to those stored in the folder; the layout is detected from its files.
+    Masks default to those stored in the folder; the layout is detected from its files (a folder
+    without weights yet, e.g. a Trainer's output_dir before ``save_model``, is described as dense).
     """
     from . import __version__
     from .loading import describe, detect_format
 
-    layout = detect_format(directory)
+    if layout is None:
+        try:
+            layout = detect_format(directory)
+        except FileNotFoundError:
+            if masks is None:
+                raise
+            os.makedirs(directory, exist_ok=True)
+            layout = "dense"
     if masks is None:
         layers = {n: {k: r[k] for k in ("shape", "numel", "kept", "sparsity")} for n, r in describe(directory)["layers"].items()}
     else:
