@@ -17,7 +17,6 @@ from torch import nn
 
 from . import compressed as native
 from . import ct_layout
-from .compressed import as_2d
 from .config import SparsityConfig
 from .io_utils import atomic_write_text
 from .sparse_format import (
@@ -203,7 +202,7 @@ def _save_native(model: nn.Module, directory: str, masks: dict, config: Optional
 
 
 def _is_24(masks: Mapping[str, torch.Tensor]) -> bool:
-    return all(m.dim() == 2 and native.is_2_4(m.reshape(as_2d(m.shape))) for m in masks.values())
+    return bool(masks) and all(m.dim() == 2 and native.is_2_4(m) for m in masks.values())
 
 
 def _save_compressed_tensors(model: nn.Module, directory: str, masks: dict, config: Optional[dict], max_shard_size) -> None:
@@ -239,8 +238,10 @@ def _save_compressed_tensors(model: nn.Module, directory: str, masks: dict, conf
     metadata = base_metadata(COMPRESSED_TENSORS, config, masks)
     save_sharded(tensors, directory, WEIGHTS_PATTERN, max_shard_size, lambda keys: metadata)
     # compressed-tensors stores W != 0; keep exact masks beside it when they differ (kept zeros)
-    decoded = {n: (m.ne(0) if fmt == ct_layout.BITMASK else ct_layout.mask_24(ct_layout.normalise_zeros(state[n])))
-               for n, m in ((n, state[n]) for n in masks)}
-    if any(not torch.equal(decoded[n], masks[n]) for n in masks):
+    implied = {
+        n: state[n].ne(0) if fmt == ct_layout.BITMASK else ct_layout.mask_24(ct_layout.normalise_zeros(state[n]))
+        for n in masks
+    }
+    if any(not torch.equal(implied[n], masks[n]) for n in masks):
         save_masks(directory, masks, metadata)
     _save_config(model, directory, block)
