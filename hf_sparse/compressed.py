@@ -58,27 +58,31 @@ def _bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def is_2_4(mask2d: torch.Tensor) -> bool:
-    cols = mask2d.shape[1]
-    return cols % 4 == 0 and cols > 0 and bool((mask2d.reshape(-1, 4).sum(1) == 2).all())
+def is_2_4(mask2d: torch.Tensor, nnz: int | None = None) -> bool:
+    rows, cols = as_2d(mask2d.shape)
+    nnz = int(mask2d.sum()) if nnz is None else nnz
+    if cols % 4 or cols == 0 or 2 * nnz != rows * cols:  # cheap rejections first
+        return False
+    return bool((mask2d.reshape(-1, 4).sum(1) == 2).all())
 
 
-def encoded_sizes(mask2d: torch.Tensor, value_bytes: int) -> dict[str, int]:
+def encoded_sizes(mask2d: torch.Tensor, value_bytes: int, row_counts: torch.Tensor | None = None) -> dict[str, int]:
     """Bytes each applicable encoding would take (the writer keeps the smallest)."""
     rows, cols = mask2d.shape
-    nnz = int(mask2d.sum())
-    counts_max = int(mask2d.sum(1).max()) if rows else 0
+    counts = mask2d.sum(1) if row_counts is None else row_counts
+    nnz = int(counts.sum())
+    counts_max = int(counts.max()) if rows else 0
     sizes = {
         "bitmask": rows * math.ceil(cols / 8) + nnz * value_bytes,
         "index": rows * _bytes(narrow_int(counts_max)) + nnz * (_bytes(narrow_int(max(cols - 1, 0))) + value_bytes),
     }
-    if is_2_4(mask2d):
+    if is_2_4(mask2d, nnz):
         sizes["2:4"] = sizes["bitmask"]  # same bytes; kept as 2:4 so readers can see the structure
     return sizes
 
 
-def choose_encoding(mask2d: torch.Tensor, value_bytes: int) -> str:
-    sizes = encoded_sizes(mask2d, value_bytes)
+def choose_encoding(mask2d: torch.Tensor, value_bytes: int, row_counts: torch.Tensor | None = None) -> str:
+    sizes = encoded_sizes(mask2d, value_bytes, row_counts)
     if "2:4" in sizes:
         return "2:4"
     return min(sizes, key=lambda k: (sizes[k], k))
@@ -97,18 +101,18 @@ def encode(weight: torch.Tensor, mask: torch.Tensor, encoding: str | None = None
         )
     rows, cols = as_2d(w.shape)
     w2, m2 = w.reshape(rows, cols), m.reshape(rows, cols)
-    encoding = encoding or choose_encoding(m2, w.element_size())
+    counts = m2.sum(1)
+    encoding = encoding or choose_encoding(m2, w.element_size(), counts)
     if encoding not in _ENCODERS:
         raise ValueError(f"unknown encoding {encoding!r}; valid: {ENCODINGS}")
-    return encoding, _ENCODERS[encoding](w2, m2)
+    return encoding, _ENCODERS[encoding](w2, m2, counts)
 
 
-def _encode_bitmask(w2: torch.Tensor, m2: torch.Tensor) -> Components:
+def _encode_bitmask(w2: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor) -> Components:
     return {"bitmask": pack_bits(m2), "values": w2[m2].contiguous()}
 
 
-def _encode_index(w2: torch.Tensor, m2: torch.Tensor) -> Components:
-    counts = m2.sum(1)
+def _encode_index(w2: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor) -> Components:
     cols_idx = m2.nonzero()[:, 1]  # row-major order, same as w2[m2]
     return {
         "row_counts": counts.to(narrow_int(int(counts.max()) if counts.numel() else 0)),
@@ -117,14 +121,14 @@ def _encode_index(w2: torch.Tensor, m2: torch.Tensor) -> Components:
     }
 
 
-def _encode_24(w2: torch.Tensor, m2: torch.Tensor) -> Components:
+def _encode_24(w2: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor) -> Components:
     if not is_2_4(m2):
         raise ValueError("encoding '2:4' needs exactly 2 kept entries in every group of 4 columns")
     rows, cols = m2.shape
     return {"bitmask": pack_bits(m2), "values": w2[m2].reshape(rows, cols // 2).contiguous()}
 
 
-_ENCODERS: dict[str, Callable[[torch.Tensor, torch.Tensor], Components]] = {
+_ENCODERS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Components]] = {
     "bitmask": _encode_bitmask,
     "index": _encode_index,
     "2:4": _encode_24,
