@@ -137,6 +137,7 @@ def annotate_checkpoint(
     metadata = base_metadata(DENSE, _config_dict(config), masks)
     for path in files:
         rewrite_metadata(path, metadata)
+    remove_checkpoint_files(directory, NATIVE_PATTERN)  # a stale compressed copy would shadow these weights
     save_masks(directory, masks, metadata)
 
 

@@ -63,7 +63,9 @@ def test_trainer_save_model_writes_hf_sparse_dense_layout(trained, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "final"
+    hf_sparse.save_sparse(tiny_bert(seed=3), out, compressed=True)  # a stale compressed save must not win
     trained.save_model(str(out))
+    assert not os.path.exists(out / "model.sparse.safetensors")
     plain = AutoModelForSequenceClassification.from_pretrained(out)  # no hf_sparse needed
     assert_bitwise_equal(state(plain), state(trained.model))
     with safe_open(str(out / "model.safetensors"), "pt") as f:
