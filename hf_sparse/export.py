@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import warnings
-from typing import Any, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
