@@ -2,11 +2,14 @@
 
 from .callback import SparsityCallback
 from .config import SparsityConfig
+from .export import save_sparse
+from .loading import load_masks, load_sparse
 from .methods.base import PruningMethod
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
 from .sparsifier import Sparsifier
 from .trainer import SparseTrainer
+from .hub import push_to_hub
 
 __version__ = "0.1.0"
 
@@ -19,6 +22,10 @@ __all__ = [
     "SparsityReport",
     "available_methods",
     "get_method_class",
+    "load_masks",
+    "load_sparse",
+    "push_to_hub",
     "register_method",
+    "save_sparse",
     "sparsity_report",
 ]
