@@ -2,6 +2,7 @@
 
 from .callback import SparsityCallback
 from .config import SparsityConfig
+from .lora import MergeResult, PeftSparsifier, merge_and_unload
 from .methods.base import PruningMethod
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
@@ -11,6 +12,8 @@ from .trainer import SparseTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "MergeResult",
+    "PeftSparsifier",
     "PruningMethod",
     "SparseTrainer",
     "Sparsifier",
@@ -19,6 +22,7 @@ __all__ = [
     "SparsityReport",
     "available_methods",
     "get_method_class",
+    "merge_and_unload",
     "register_method",
     "sparsity_report",
 ]
