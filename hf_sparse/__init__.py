@@ -2,7 +2,8 @@
 
 from .callback import SparsityCallback
 from .config import SparsityConfig
-from .lora import MergeResult, PeftSparsifier, merge_and_unload
+from .lora import MergeResult, merge_and_unload
+from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
 from .methods.base import PruningMethod
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
@@ -12,6 +13,7 @@ from .trainer import SparseTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "MaskedLoraDeltas",
     "MergeResult",
     "PeftSparsifier",
     "PruningMethod",

@@ -15,8 +15,8 @@ from transformers import Trainer
 from .callback import SparsityCallback
 from .checkpoint import has_sparsity_state, load_sparsity_state, save_sparsity_state
 from .config import SparsityConfig
-from .lora import PeftSparsifier
 from .peft_layout import is_peft_model
+from .peft_sparsifier import PeftSparsifier
 from .sparsifier import Sparsifier
 
 logger = logging.getLogger(__name__)

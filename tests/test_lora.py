@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from hf_sparse import SparseTrainer, SparsityConfig, get_method_class, merge_and_unload
-from hf_sparse.lora import PeftSparsifier, masks_from_directory
+from hf_sparse.lora import MaskedLoraDeltas, PeftSparsifier, masks_from_directory
 from hf_sparse.methods.gmp import GMP
 from hf_sparse.peft_layout import canonical_name
 from hf_sparse.sparsifier import Sparsifier
@@ -58,10 +58,11 @@ def adapter_weights(peft_model) -> dict:
     return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
 
 
-def _lora_trainer(tmp_path, peft_model, accumulation: int = 2, **kwargs):
+def _lora_trainer(tmp_path, peft_model, accumulation: int = 2, save_steps: int = 0, **kwargs):
+    saving = dict(save_strategy="steps", save_steps=save_steps) if save_steps else {}
     args = training_args(
         tmp_path, gradient_accumulation_steps=accumulation, max_grad_norm=1.0, learning_rate=1e-2,
-        max_steps=6 if accumulation > 1 else 8,
+        max_steps=6 if accumulation > 1 else 8, **saving,
     )
     trainer = SparseTrainer(model=peft_model, args=args, train_dataset=PairDataset(n=96), **kwargs)
     checker = InvariantChecker(trainer)
@@ -191,7 +192,7 @@ def test_merge_infers_masks_from_exact_zeros():
 
 # -- further pruning of the base while LoRA trains -------------------------------------------------------
 @pytest.mark.parametrize("method", sorted(METHOD_ROWS))
-def test_prune_base_further_while_lora_trains(tmp_path, method):
+def test_prune_base_further_while_lora_trains_and_resumes(tmp_path, method):
     model, sparsifier = sparse_base(sparsity=0.5)
     base_masks = canonical(sparsifier.masks)
     peft_model = lora(model)
@@ -201,7 +202,9 @@ def test_prune_base_further_while_lora_trains(tmp_path, method):
         with pytest.raises(ValueError, match="frozen"):
             _lora_trainer(tmp_path, peft_model, sparsity_config=config, base_masks=sparsifier)
         return
-    trainer, checker = _lora_trainer(tmp_path, peft_model, accumulation=1, sparsity_config=config, base_masks=sparsifier)
+    trainer, checker = _lora_trainer(
+        tmp_path / "full", peft_model, accumulation=1, save_steps=4, sparsity_config=config, base_masks=sparsifier
+    )
     trainer.train()
     assert checker.violations == []
     assert trainer.sparsifier.update_count >= 1
@@ -214,6 +217,18 @@ def test_prune_base_further_while_lora_trains(tmp_path, method):
         assert torch.equal(after[name], before[name] * mask), name  # frozen base, only zeroed
         if method in ("gmp", "oneshot"):
             assert not torch.any(mask & ~base_masks[name]), name  # magnitude pruning never regrows
+    # resuming from the step-4 checkpoint gives bitwise the same masks and adapters
+    again, _ = sparse_base(sparsity=0.5)
+    resumed, resumed_checker = _lora_trainer(
+        tmp_path / "resumed", lora(again), accumulation=1, sparsity_config=make_config(method), base_masks=sparsifier
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert resumed_checker.violations == []
+    for name, mask in trainer.masks.items():
+        assert torch.equal(resumed.masks[name], mask), name
+    resumed_adapters = adapter_weights(resumed.model)
+    assert all(torch.equal(w, resumed_adapters[n]) for n, w in adapter_weights(peft_model).items())
+
     result = merge_and_unload(peft_model, trainer, inputs=batch())
     assert result.sparsity == pytest.approx(trainer.sparsifier.sparsity, abs=0)
     for name, mask in result.masks.items():
@@ -337,3 +352,34 @@ def test_gradient_growth_methods_are_refused_on_a_frozen_base(monkeypatch):
     model, sparsifier = sparse_base()
     with pytest.raises(ValueError, match="frozen"):
         PeftSparsifier(lora(model), SparsityConfig(method="gmp"), sparsifier)
+
+
+# -- masked deltas: the trained model is the masked merge ---------------------------------------------------
+def test_masked_lora_deltas_make_the_merge_exact():
+    model, sparsifier = sparse_base()
+    peft_model = lora(model)
+    _lora_b_large(peft_model)
+    inputs = batch()
+    peft_model.eval()
+    with torch.no_grad():
+        dense_logits = peft_model(**inputs).logits
+    hooks = MaskedLoraDeltas(peft_model, sparsifier)
+    assert len(hooks.layers) == 4
+    peft_model.train()
+    loss = peft_model(**inputs, labels=torch.zeros(len(inputs["input_ids"]), dtype=torch.long)).loss
+    loss.backward()
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_" in n]
+    assert len(grads) == 8 and all(g is not None and bool(torch.any(g != 0)) for g in grads)
+    peft_model.eval()
+    with torch.no_grad():
+        masked_logits = peft_model(**inputs).logits
+    assert float((masked_logits - dense_logits).abs().max()) > 1e-3  # the masked delta is a different model
+    hooks.remove()
+    with torch.no_grad():
+        assert torch.equal(peft_model(**inputs).logits, dense_logits)  # peft's forward is back
+    MaskedLoraDeltas(peft_model, sparsifier)
+    result = merge_and_unload(peft_model, sparsifier, inputs=inputs)
+    assert result.max_logit_diff < 1e-4  # merging changed nothing: it was trained as it is merged
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(result.model(**inputs).logits, masked_logits, atol=1e-4)
