@@ -132,6 +132,11 @@ def merge_and_unload(
         raise TypeError(f"inputs must be a dict of model inputs, got {type(inputs).__name__}")
     given, pattern = collect_masks(masks)
     prefix = base_prefix(peft_model)
+    if given is not None and not set(given) & {canonical_name(n, prefix) for n, _ in peft_model.named_parameters()}:
+        raise ValueError(
+            f"masks name no parameter of this model (e.g. {sorted(given)[:3]}); masks are matched by parameter "
+            "name without peft's 'base_model.model.' and '.base_layer'"
+        )
     layers = list(tuner_layers(peft_model))
     if not layers:
         raise ValueError("the peft model has no adapter layers to merge")

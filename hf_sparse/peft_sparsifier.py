@@ -80,6 +80,12 @@ class PeftSparsifier(Sparsifier):
 
     def _initial_masks(self, known: Optional[Masks], prefix: str) -> Masks:
         known = known or {}
+        outside = set(known) - {canonical_name(name, prefix) for name in self.params}
+        if outside:
+            logger.info(
+                "%d base masks lie outside the targets: not enforced while training (frozen weights keep "
+                "their zeros); merge_and_unload re-applies them", len(outside)
+            )
         masks: Masks = {}
         for name, param in self.params.items():
             mask = known.get(canonical_name(name, prefix))

@@ -332,6 +332,8 @@ def test_clear_errors(tmp_path):
     peft_model = lora(model)
     with pytest.raises(ValueError, match="nm must be one of"):
         merge_and_unload(peft_model, nm="dense")
+    with pytest.raises(ValueError, match="name no parameter"):
+        merge_and_unload(peft_model, {"encoder.other.weight": torch.ones(2, 2, dtype=torch.bool)})
     with pytest.raises(TypeError, match="base masks must be"):
         PeftSparsifier(peft_model, None, 42)
     with pytest.raises(ValueError, match="does not have"):
@@ -340,6 +342,12 @@ def test_clear_errors(tmp_path):
         PeftSparsifier(peft_model, None, {n: m.float() * 2 for n, m in sparsifier.masks.items()})
     with pytest.raises(ValueError, match="no pruned weights"):
         SparseTrainer(model=lora(tiny_bert()), args=training_args(tmp_path))
+    with pytest.raises(ValueError, match="no adapted layer has a known mask"):
+        MaskedLoraDeltas(lora(tiny_bert()))
+    dora = lora(sparse_base()[0], use_dora=True)
+    with pytest.raises(TypeError, match="plain LoRA Linear"):
+        MaskedLoraDeltas(dora)
+    assert all("forward" not in m.__dict__ for m in dora.modules())  # nothing left half-patched
 
 
 def test_gradient_growth_methods_are_refused_on_a_frozen_base(monkeypatch):
