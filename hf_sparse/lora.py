@@ -149,7 +149,8 @@ def merge_and_unload(
             "dense delta breaks the pattern. Pass nm='keep_mask' to re-apply the base N:M masks (drops the "
             "delta at pruned positions) or nm='reproject' to choose a new N:M mask from the merged weights."
         )
-    before = {name: layer.get_base_layer().weight.detach().clone() for name, layer in layers}
+    # kept on the CPU, so measuring the dropped delta costs no accelerator memory
+    before = {name: layer.get_base_layer().weight.detach().to("cpu", copy=True) for name, layer in layers}
     reference = _forward(peft_model, inputs) if inputs is not None else None
 
     merged = peft_model.merge_and_unload(safe_merge=safe_merge, adapter_names=adapter_names)
@@ -171,9 +172,9 @@ def merge_and_unload(
                 mask = nm_mask(param.detach().abs().float(), n, m, in_dim=_in_dim(merged, name))
             layer_name = _layer_of(name, layers, prefix)
             if layer_name is not None:
-                delta = param.detach().float() - before[layer_name].to(param.device).float()
+                delta = param.detach().float().cpu() - before.pop(layer_name).float()
                 norm = float(delta.norm())
-                dropped[name] = float(delta[~mask].norm()) / norm if norm > 0 else 0.0
+                dropped[name] = float(delta[~mask.cpu()].norm()) / norm if norm > 0 else 0.0
             param.masked_fill_(~mask, 0.0)
             final[name] = mask
     result = MergeResult(merged, final, overall_sparsity(final), dropped)
