@@ -6,7 +6,7 @@ print accuracy on B before the merge, after ``hf_sparse.merge_and_unload`` (exac
 and after peft's own merge (dense delta: what sparsity is left), plus the logit change and the share
 of the delta that masking dropped. Offline, CPU, a few minutes at the defaults.
 
-    python benchmarks/lora_merge_cost.py [--sparsities 0.5 0.9] [--base-steps 120] [--lora-steps 100]
+    python benchmarks/lora_merge_cost.py [--sparsities 0.5 0.9] [--base-steps 80] [--lora-steps 60]
 
 Writes benchmarks/results/lora_merge_cost.json and .png.
 """
@@ -37,7 +37,7 @@ VOCAB = 200
 class TokenTask(Dataset):
     """Random token sequences labelled by whether the token at ``position`` is in the upper half."""
 
-    def __init__(self, n: int, position: int, seed: int, seq_len: int = 16):
+    def __init__(self, n: int, position: int, seed: int, seq_len: int = 12):
         g = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(1, VOCAB, (n, seq_len), generator=g)
         self.labels = (self.ids[:, position] >= VOCAB // 2).long()
@@ -53,7 +53,7 @@ class TokenTask(Dataset):
 
 
 def _args(out: str, steps: int, lr: float) -> TrainingArguments:
-    return TrainingArguments(out, max_steps=steps, per_device_train_batch_size=32, learning_rate=lr,
+    return TrainingArguments(out, max_steps=steps, per_device_train_batch_size=16, learning_rate=lr,
                              logging_steps=max(steps, 1), save_strategy="no", report_to=[], use_cpu=True,
                              disable_tqdm=True, seed=0)
 
@@ -67,14 +67,14 @@ def accuracy(model: torch.nn.Module, data: TokenTask) -> float:
 def run(sparsity: float, base_steps: int, lora_steps: int, out: str) -> list[dict]:
     torch.manual_seed(0)
     base = BertForSequenceClassification(
-        BertConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=256, max_position_embeddings=32, num_labels=2)
+        BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=128, max_position_embeddings=32, num_labels=2)
     )
     config = SparsityConfig(method="gmp", sparsity=sparsity, end=0.6, update_every=10)
-    base_trainer = SparseTrainer(model=base, args=_args(out, base_steps, 1e-3), sparsity_config=config,
-                                 train_dataset=TokenTask(2048, position=0, seed=0))
+    base_trainer = SparseTrainer(model=base, args=_args(out, base_steps, 2e-3), sparsity_config=config,
+                                 train_dataset=TokenTask(1280, position=0, seed=0))
     base_trainer.train()
-    task_b, eval_b = TokenTask(2048, position=-1, seed=1), TokenTask(512, position=-1, seed=2)
+    task_b, eval_b = TokenTask(1280, position=-1, seed=1), TokenTask(256, position=-1, seed=2)
     rows = []
     for mode in ("plain", "masked"):
         peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(
@@ -91,7 +91,7 @@ def run(sparsity: float, base_steps: int, lora_steps: int, out: str) -> list[dic
         dense = dense.merge_and_unload()
         result = merge_and_unload(peft_model, base_trainer, inputs=eval_b.batch())
         rows.append(dict(
-            sparsity=sparsity, mode=mode, base_acc_task_a=accuracy(base, TokenTask(512, position=0, seed=3)),
+            sparsity=sparsity, mode=mode, base_acc_task_a=accuracy(base, TokenTask(256, position=0, seed=3)),
             acc_before_merge=before, acc_after_sparse_merge=accuracy(result.model, eval_b),
             acc_after_peft_merge=accuracy(dense, eval_b),
             sparsity_after_sparse_merge=sparsity_report(result.model)["sparsity"],
@@ -127,8 +127,8 @@ def plot(rows: list[dict], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9])
-    parser.add_argument("--base-steps", type=int, default=120)
-    parser.add_argument("--lora-steps", type=int, default=100)
+    parser.add_argument("--base-steps", type=int, default=80)
+    parser.add_argument("--lora-steps", type=int, default=60)
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
