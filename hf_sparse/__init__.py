@@ -4,6 +4,8 @@ from .callback import SparsityCallback
 from .config import SparsityConfig
 from .export import save_sparse
 from .loading import load_masks, load_sparse
+from .lora import MergeResult, merge_and_unload
+from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
 from .methods.base import PruningMethod
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
@@ -14,6 +16,9 @@ from .hub import push_to_hub
 __version__ = "0.1.0"
 
 __all__ = [
+    "MaskedLoraDeltas",
+    "MergeResult",
+    "PeftSparsifier",
     "PruningMethod",
     "SparseTrainer",
     "Sparsifier",
@@ -24,6 +29,7 @@ __all__ = [
     "get_method_class",
     "load_masks",
     "load_sparse",
+    "merge_and_unload",
     "push_to_hub",
     "register_method",
     "save_sparse",

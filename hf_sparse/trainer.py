@@ -16,6 +16,8 @@ from .callback import SparsityCallback
 from .checkpoint import has_sparsity_state, load_sparsity_state, save_sparsity_state
 from .config import SparsityConfig
 from .export import annotate_checkpoint
+from .peft_layout import is_peft_model
+from .peft_sparsifier import PeftSparsifier
 from .sparse_format import WEIGHTS_PATTERN
 from .sparsifier import Sparsifier
 from .st_files import weight_files
@@ -40,7 +42,13 @@ def _as_config(value: Union[SparsityConfig, dict, str, os.PathLike, None]) -> Sp
 class SparseTrainer(Trainer):
     """``Trainer(...)`` plus ``sparsity_config=SparsityConfig(...)``; ``trainer.masks`` holds the masks."""
 
-    def __init__(self, *args: Any, sparsity_config: Union[SparsityConfig, dict, str, None] = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        sparsity_config: Union[SparsityConfig, dict, str, None] = None,
+        base_masks: Any = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         if getattr(self, "is_fsdp_enabled", False):
             raise ValueError(
@@ -50,8 +58,13 @@ class SparseTrainer(Trainer):
             )
         if self.model is None:
             raise ValueError("SparseTrainer needs a model (model_init is not supported)")
-        self.sparsity_config = _as_config(sparsity_config)
-        self.sparsifier = Sparsifier(self.model, self.sparsity_config)
+        if base_masks is not None or is_peft_model(self.model):
+            # A sparse base (LoRA): keep its masks; sparsity_config=None prunes nothing more (see lora.py).
+            self.sparsity_config = None if sparsity_config is None else _as_config(sparsity_config)
+            self.sparsifier = PeftSparsifier(self.model, self.sparsity_config, base_masks)
+        else:
+            self.sparsity_config = _as_config(sparsity_config)
+            self.sparsifier = Sparsifier(self.model, self.sparsity_config)
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
 
     @property
@@ -83,8 +96,10 @@ class SparseTrainer(Trainer):
         if not self.args.should_save:
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.sparsity_config.save_pretrained(output_dir)
-        save_sparsity_state(output_dir, self.sparsifier.state_dict(), self.sparsity_config.to_dict())
+        config = self.sparsity_config.to_dict() if self.sparsity_config is not None else {}
+        if self.sparsity_config is not None:
+            self.sparsity_config.save_pretrained(output_dir)
+        save_sparsity_state(output_dir, self.sparsifier.state_dict(), config)
         if weight_files(output_dir, WEIGHTS_PATTERN):  # header metadata + sparse_masks.safetensors (hf_sparse.save_sparse's dense layout)
             annotate_checkpoint(output_dir, self.sparsifier.masks, self.sparsity_config)
 
@@ -151,7 +166,7 @@ class SparseTrainer(Trainer):
                 "and train without resume_from_checkpoint."
             )
         state, saved_config = load_sparsity_state(checkpoint)
-        current = self.sparsity_config.to_dict()
+        current = self.sparsity_config.to_dict() if self.sparsity_config is not None else {}
         differing = sorted(k for k in current if k in saved_config and saved_config[k] != current[k])
         if differing:
             logger.warning("resuming with a sparsity config that differs from the checkpoint's in %s", differing)
