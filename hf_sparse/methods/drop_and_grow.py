@@ -83,8 +83,8 @@ def drop_and_grow_mask(
         raise ValueError(f"n_drop={n_drop} outside [0, {n_active}] (active weights)")
     if not 0 <= n_grow <= n_inactive:
         raise ValueError(f"n_grow={n_grow} outside [0, {n_inactive}] (inactive weights)")
-    # Keep the highest -score among active entries (inactive ones never kept); grow among inactive.
-    keep = topk_mask((-drop_scores.float()).masked_fill(~mask, float("-inf")), n_active - n_drop)
+    # Keep the highest-scored active entries (inactive ones at -inf are never kept); grow among inactive.
+    keep = topk_mask(drop_scores.float().masked_fill(~mask, float("-inf")), n_active - n_drop)
     keep &= mask
     grown = topk_mask(grow_scores.float().masked_fill(mask, float("-inf")), n_grow) & ~mask
     return keep | grown, mask & ~keep, grown
