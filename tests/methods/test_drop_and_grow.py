@@ -155,6 +155,7 @@ def test_rigl_and_dst_ee_need_gradients():
         weights = _weights(method)
         with pytest.raises(ValueError, match="dense gradients"):
             method.update_masks(10, weights, method.init_masks(weights, {}), None)
+        assert getattr(method, "rounds", 0) == 0  # a refused update leaves no trace in the counters
 
 
 def test_dst_ee_bonus_picks_never_active_weights():
