@@ -9,7 +9,7 @@ Prints a mean +- std test-accuracy table and saves
 The DST-EE paper claims DST-EE >= RigL >= SET at high sparsity; the script prints whether that
 ordering holds here (on means; with 3 seeds on 360 test images, differences under ~1 std are noise).
 
-    python benchmarks/dst_accuracy.py                  # default: ~3-5 CPU minutes
+    python benchmarks/dst_accuracy.py                  # default: ~1.5 CPU minutes (8 min wall on a busy 2-core box)
     python benchmarks/dst_accuracy.py --epochs 40 --seeds 1   # quick look
 """
 
