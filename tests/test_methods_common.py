@@ -22,6 +22,9 @@ from conftest import PairDataset, tiny_bert, training_args
 METHOD_ROWS: dict[str, dict] = {
     "gmp": dict(sparsity=0.75, initial_sparsity=0.25, start=2, end=8, update_every=2),
     "oneshot": dict(sparsity=0.75, start=2),
+    "set": dict(sparsity=0.75, start=2, end=8, update_every=2),
+    "rigl": dict(sparsity=0.75, start=2, end=8, update_every=2),
+    "dst_ee": dict(sparsity=0.75, start=2, end=8, update_every=2),
 }
 ALLOCATIONS = ["uniform", "global", "erk"]
 PATTERNS = ["unstructured", "2:4"]

@@ -1,6 +1,7 @@
 """Built-in pruning methods; importing this package registers them."""
 
 from .base import PruningMethod
+from .drop_and_grow import DSTEE, SET, DropAndGrow, RigL
 from .gmp import GMP, OneShot
 
-__all__ = ["GMP", "OneShot", "PruningMethod"]
+__all__ = ["DSTEE", "DropAndGrow", "GMP", "OneShot", "PruningMethod", "RigL", "SET"]
