@@ -2,6 +2,7 @@
 
 from .callback import SparsityCallback
 from .config import SparsityConfig
+from .inference import from_sparse_inference, to_sparse_inference
 from .methods.base import PruningMethod
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
@@ -18,7 +19,9 @@ __all__ = [
     "SparsityConfig",
     "SparsityReport",
     "available_methods",
+    "from_sparse_inference",
     "get_method_class",
     "register_method",
     "sparsity_report",
+    "to_sparse_inference",
 ]
