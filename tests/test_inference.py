@@ -294,3 +294,23 @@ def test_minilm_outputs_match_dense():
         got = sparse(**inputs)
     assert (got.last_hidden_state - want.last_hidden_state).abs().max() < 1e-4
     assert (got.pooler_output - want.pooler_output).abs().max() < 1e-5
+
+
+def test_image_classification_pipeline_accepts_converted_vit():
+    import numpy as np
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3)
+    dense = prune_(ViTForImageClassification(config).eval(), 0.9)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    sparse = to_sparse_inference(copy.deepcopy(dense), processor(image, return_tensors="pt")["pixel_values"], timer=always("csr"))
+    assert isinstance(sparse.get_submodule("vit.layers.0.mlp.fc1"), SparseLinear)
+    assert sparse.sparse_inference_plan.transposed_outputs == ["vit.layers.0.mlp.fc1"]
+    got = pipeline("image-classification", model=sparse, image_processor=processor, device="cpu")(image)
+    want = pipeline("image-classification", model=dense, image_processor=processor, device="cpu")(image)
+    assert [d["label"] for d in got] == [d["label"] for d in want]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) < 1e-5
