@@ -74,8 +74,8 @@ class SparseInferencePlan(list):
 
 
 def interleaved_timer(repeats: int = 7, budget_s: float = 1.0) -> Timer:
-    """Time each candidate once per round, rounds interleaved; stop after ``repeats`` rounds or
-    ``budget_s`` seconds (at least 3 rounds). One warm-up call each first."""
+    """Time each candidate once per round, rounds interleaved; stop after ``repeats`` rounds,
+    ``budget_s`` seconds, or as soon as the choice is clear (at least 3 rounds). One warm-up each."""
 
     def timer(name: str, candidates: Mapping[str, Callable[[], Any]]) -> Mapping[str, Sequence[float]]:
         for fn in candidates.values():
@@ -87,11 +87,20 @@ def interleaved_timer(repeats: int = 7, budget_s: float = 1.0) -> Timer:
                 t0 = time.perf_counter()
                 fn()
                 times[key].append(time.perf_counter() - t0)
-            if i >= 2 and time.perf_counter() - start > budget_s:
+            if i >= 2 and (time.perf_counter() - start > budget_s or _clear(times)):
                 break
         return times
 
     return timer
+
+
+def _clear(times: Mapping[str, Sequence[float]]) -> bool:
+    """Two candidates whose median ratio is far from 1: more rounds would not change the choice."""
+    if len(times) != 2:
+        return False
+    a, b = times.values()
+    ratio = statistics.median(x / max(y, 1e-12) for x, y in zip(a, b))
+    return ratio < 0.7 or ratio > 1.4
 
 
 def _decide(name: str, dense_module: nn.Module, x: torch.Tensor, timer: Timer, min_speedup: float) -> tuple[LayerChoice, Optional[SparseLinear]]:

@@ -1,14 +1,16 @@
 """SparseLinear: an inference-only stand-in for a sparse ``nn.Linear`` (or transformers ``Conv1D``).
 
-Why this form of the kernel (measured on a 2-core CPU, 1536x384 weight, 1024 tokens, see
-``benchmarks/cpu_inference.py``): ``torch.addmm(bias[:, None], W_csr, x.t())`` with **int32**
-indices is the fastest torch CSR form. int64 indices make MKL convert the indices on every call,
-a separate ``+ bias`` on the transposed result costs as much as the sparse product itself at high
-sparsity, a column-major (``out=y.t()``) MKL result is 5-30x slower, and ``x @ W_csr.t()``
-(sparse on the right) has no MKL path. The result ``(out, tokens)`` is returned as its transposed
-view: a following sparse layer then reads its input without a copy, and element-wise ops do not
-care about the strides. CSR has no bfloat16/float16 CPU kernel, so such weights are stored in
-float32 (exact: every bf16/fp16 value is a float32 value) and the product is cast back.
+Why this form of the kernel (measured on this 2-core CPU, see docs/inference.md):
+``torch.addmm(bias[:, None], W_csr, x.t())`` with **int32** indices is the fastest torch CSR form.
+int64 indices make MKL convert the indices on every call, a separate ``+ bias`` on the transposed
+result costs as much as the sparse product itself at high sparsity, a column-major (``out=y.t()``)
+MKL result is 5-30x slower, and ``x @ W_csr.t()`` (sparse on the right) has no MKL path. Tokens
+go through in chunks of ``CHUNK_TOKENS`` so the transposed input and the output slices stay in
+cache. The output is made contiguous (strided Q/K/V push attention off its fast kernel), except
+for layers whose output feeds another sparse layer (``contiguous_output=False``, set by
+``to_sparse_inference`` when measured faster). CSR has no bfloat16/float16 CPU kernel, so such
+weights are stored in float32 (exact: every bf16/fp16 value is a float32 value) and the product
+is cast back.
 
 The dense weight is rebuilt bitwise by :meth:`SparseLinear.to_dense_module` (the signs of ``-0.0``
 entries are kept as a packed bit mask). ``state_dict`` holds the dense ``weight``/``bias`` under the
@@ -30,6 +32,10 @@ except ImportError:  # pragma: no cover
 
 # dtypes torch's CSR addmm supports on CPU (MKL); others compute in float32.
 _CPU_CSR_DTYPES = (torch.float32, torch.float64)
+
+# Tokens per kernel call: keeps the transposed input slice and the output slice in cache (at 4096
+# tokens, one call on a 1536x384 weight at 90% ran 2.6x slower than 16 calls of 256 tokens).
+CHUNK_TOKENS = 256
 
 TRAINING_ERROR = (
     "{name} runs sparse kernels for inference only (no weight gradients, no train mode); "
@@ -83,6 +89,7 @@ class SparseLinear(nn.Module):
         weight = linear_weight(module)
         self.layer_name = name
         self.contiguous_output = True
+        self.chunk_tokens = CHUNK_TOKENS
         self.out_features, self.in_features = weight.shape
         self.weight_dtype = weight.dtype
         self.weight_requires_grad = module.weight.requires_grad
@@ -144,13 +151,24 @@ class SparseLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != weight.dtype:
             x2 = x2.to(weight.dtype)
-        if self.bias is None:
-            y = torch.mm(weight, x2.t())
+        bias = None if self.bias is None else self.bias.to(weight.dtype)[:, None]
+        tokens, chunk = x2.shape[0], self.chunk_tokens
+        if tokens <= chunk or (torch.is_grad_enabled() and x2.requires_grad):
+            y = torch.mm(weight, x2.t()) if bias is None else torch.addmm(bias, weight, x2.t())
+            y = y.t()  # (tokens, out) as a view
+            if self.contiguous_output:
+                y = y.contiguous()
+        elif self.contiguous_output:
+            y = x2.new_empty(tokens, self.out_features)
+            for start in range(0, tokens, chunk):
+                part = x2[start : start + chunk].t()
+                y[start : start + chunk] = (torch.mm(weight, part) if bias is None else torch.addmm(bias, weight, part)).t()
         else:
-            y = torch.addmm(self.bias.to(weight.dtype)[:, None], weight, x2.t())
-        y = y.t()  # (tokens, out) as a view
-        if self.contiguous_output:
-            y = y.contiguous()
+            y_t = x2.new_empty(self.out_features, tokens)
+            for start in range(0, tokens, chunk):
+                part, out = x2[start : start + chunk].t(), y_t[:, start : start + chunk]
+                torch.mm(weight, part, out=out) if bias is None else torch.addmm(bias, weight, part, out=out)
+            y = y_t.t()
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y.reshape(*lead, self.out_features)

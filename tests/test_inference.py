@@ -314,3 +314,19 @@ def test_image_classification_pipeline_accepts_converted_vit():
     want = pipeline("image-classification", model=dense, image_processor=processor, device="cpu")(image)
     assert [d["label"] for d in got] == [d["label"] for d in want]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) < 1e-5
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_token_chunks_match_dense(contiguous, bias):
+    dense = nn.Linear(12, 7, bias=bias)
+    with torch.no_grad():
+        dense.weight.mul_(torch.rand(7, 12, generator=torch.Generator().manual_seed(0)) > 0.7)
+    x = torch.randn(2, 9, 12)  # 18 tokens: chunks of 4 with a ragged last one
+    with torch.no_grad():
+        expected = dense(x)
+        layer = SparseLinear(copy.deepcopy(dense)).eval()
+        layer.chunk_tokens, layer.contiguous_output = 4, contiguous
+        got = layer(x)
+    assert got.shape == expected.shape and got.is_contiguous() == contiguous
+    assert (got - expected).abs().max() < 1e-6
