@@ -6,6 +6,7 @@ from .export import save_sparse
 from .loading import load_masks, load_sparse
 from .lora import MergeResult, merge_and_unload
 from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
+from .inference import from_sparse_inference, to_sparse_inference
 from .methods.base import PruningMethod
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
@@ -26,6 +27,7 @@ __all__ = [
     "SparsityConfig",
     "SparsityReport",
     "available_methods",
+    "from_sparse_inference",
     "get_method_class",
     "load_masks",
     "load_sparse",
@@ -34,4 +36,5 @@ __all__ = [
     "register_method",
     "save_sparse",
     "sparsity_report",
+    "to_sparse_inference",
 ]
