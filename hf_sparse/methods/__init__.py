@@ -1,6 +1,7 @@
 """Built-in pruning methods; importing this package registers them."""
 
 from .base import PruningMethod
+from .constant import Constant
 from .gmp import GMP, OneShot
 
-__all__ = ["GMP", "OneShot", "PruningMethod"]
+__all__ = ["Constant", "GMP", "OneShot", "PruningMethod"]
