@@ -3,8 +3,11 @@
 from .callback import SparsityCallback
 from .config import SparsityConfig
 from .methods.base import PruningMethod
+from .existing_masks import read_masks
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
+from .semi_structured import to_semi_structured
+from .size_speed import SizeSpeedReport, report  # binds hf_sparse.report to the function (module stays importable)
 from .sparsifier import Sparsifier
 from .trainer import SparseTrainer
 
@@ -16,9 +19,13 @@ __all__ = [
     "Sparsifier",
     "SparsityCallback",
     "SparsityConfig",
+    "SizeSpeedReport",
     "SparsityReport",
     "available_methods",
     "get_method_class",
+    "read_masks",
     "register_method",
+    "report",
     "sparsity_report",
+    "to_semi_structured",
 ]
