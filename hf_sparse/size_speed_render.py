@@ -62,7 +62,10 @@ def print_report(report: Mapping[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: do not wrap layer names at 80 columns
+            console = Console(width=200)
     for table in rich_tables(report):
         console.print(table)
     console.print(f"[bold]verdict:[/bold] {escape(report['verdict'])}")
