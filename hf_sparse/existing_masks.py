@@ -46,8 +46,20 @@ def _masks_from_sparsity_state(directory: str) -> Optional[Masks]:
     return {name: torch.as_tensor(m).to(torch.bool) for name, m in masks.items()} if masks else None
 
 
+def _masks_from_export(directory: str) -> Optional[Masks]:
+    """Masks of the export feature's folders (``hf_sparse.loading.load_masks``), when installed."""
+    try:
+        from .loading import load_masks  # type: ignore[attr-defined]  # the export feature (issue 11)
+    except ImportError:
+        return None
+    try:
+        return load_masks(directory)
+    except FileNotFoundError:  # a plain dense folder: no masks stored
+        return None
+
+
 # Readers of a folder, tried in order; the first that finds masks wins.
-_DIRECTORY_READERS: list[Callable[[str], Optional[Masks]]] = [_masks_from_sparsity_state]
+_DIRECTORY_READERS: list[Callable[[str], Optional[Masks]]] = [_masks_from_export, _masks_from_sparsity_state]
 
 
 def attach_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:

@@ -194,3 +194,21 @@ def test_continuing_state_survives_a_checkpoint_round_trip(tmp_path):
     assert fresh.target_sparsity() == pytest.approx(0.5, abs=1e-3)
     for name, mask in sparsifier.masks.items():
         assert torch.equal(fresh.masks[name], mask)
+
+
+def test_export_folders_are_read_first_when_the_export_feature_is_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    stored = {"w": torch.tensor([True, False])}
+
+    def load_masks(directory):
+        if str(directory).endswith("dense"):
+            raise FileNotFoundError(directory)
+        return stored
+
+    monkeypatch.setitem(sys.modules, "hf_sparse.loading", types.SimpleNamespace(load_masks=load_masks))
+    (tmp_path / "sparse").mkdir()
+    (tmp_path / "dense").mkdir()
+    assert read_masks(str(tmp_path / "sparse")) is stored
+    assert read_masks(str(tmp_path / "dense")) is None  # no masks anywhere: None, not an error
