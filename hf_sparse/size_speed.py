@@ -304,7 +304,11 @@ def _model_totals(model: nn.Module, targets_total: Mapping[str, Any], flops: Map
 
 def verdict(totals: Mapping[str, Any], variants: Sequence[Mapping[str, Any]], device: str) -> str:
     """One honest sentence: pattern and sparsity, measured speedup per kernel kind, size ratio."""
-    head = f"{totals['pattern']} {totals['sparsity']:.0%}" if totals["pattern"] != "dense" else "dense (no zeros)"
+    if totals["pattern"] == "dense":
+        measured = [v for v in variants if v.get("ms") is not None]
+        timing = f"; {measured[0]['ms']:.1f} ms per forward on this {device}" if measured else ""
+        return f"dense ({totals['sparsity']:.1%} zeros): nothing for sparse kernels or compression to gain{timing}"
+    head = f"{totals['pattern']} {totals['sparsity']:.0%}"
     parts = []
     for variant in variants:
         if variant["name"] == "dense":
@@ -320,8 +324,6 @@ def verdict(totals: Mapping[str, Any], variants: Sequence[Mapping[str, Any]], de
         parts.append("latency not measured")
     size = totals["bytes"]["float32"]["ratio"]
     size_part = f"size {size:.2f}x with compressed=True (targeted weights, fp32; bf16 {totals['bytes']['bfloat16']['ratio']:.2f}x)"
-    if totals["pattern"] == "dense":
-        size_part = "compression would not shrink it"
     return f"{head}: " + "; ".join(parts) + f"; {size_part}"
 
 
@@ -352,17 +354,17 @@ def report(
         raise TypeError(f"example_inputs must be a tensor or a dict of tensors, got {type(inputs).__name__}")
     found = find_targets(model, list(targets) if targets else None, list(ignore) if ignore else None)
     was_training = model.training
-    model.eval()
+    model.eval()  # copies made for the accelerated variants inherit eval mode
     try:
         flops = count_flops(model, inputs)
+        rows = _layer_rows(found, flops)
+        totals = _totals(rows)
+        device = _device_of(model)
+        variants: list[dict[str, Any]] = []
+        if measure:
+            variants = _measure_all(model, found, inputs, totals, device, repeats, warmup, sparse_kernels, seed)
     finally:
         model.train(was_training)
-    rows = _layer_rows(found, flops)
-    totals = _totals(rows)
-    device = _device_of(model)
-    variants: list[dict[str, Any]] = []
-    if measure:
-        variants = _measure_all(model, found, inputs, totals, device, repeats, warmup, sparse_kernels, seed)
     shapes = {k: list(v.shape) for k, v in inputs.items()} if isinstance(inputs, Mapping) else list(inputs.shape)
     device_name = "GPU" if device.type == "cuda" else device.type.upper()
     return SizeSpeedReport(

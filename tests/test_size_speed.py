@@ -100,11 +100,12 @@ def test_verdict_sentences():
 
 
 def test_measured_report_leaves_the_model_unchanged_and_renders(tmp_path):
-    model = sparse_mlp()
+    model = sparse_mlp().train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     r = hf_sparse.report(model, torch.randn(4, 16), repeats=3, warmup=1, sparse_kernels=False)
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), before[n]), n
+    assert model.training  # mode restored
     names = [v["name"] for v in r["latency"]["variants"]]
     assert names == ["dense", "sparse, dense kernels"]
     assert all(v["ms"] > 0 for v in r["latency"]["variants"])
@@ -119,7 +120,8 @@ def test_measured_report_leaves_the_model_unchanged_and_renders(tmp_path):
 def test_dense_model_verdict():
     r = hf_sparse.report(tiny_bert(), input_shape=(1, 8), repeats=2, warmup=0)
     assert r["totals"]["pattern"] == "dense"
-    assert r["verdict"].startswith("dense (no zeros)")
+    assert r["verdict"].startswith("dense (0.0% zeros): nothing for sparse kernels or compression to gain; ")
+    assert r["verdict"].endswith("ms per forward on this CPU")
     assert [v["name"] for v in r["latency"]["variants"]] == ["dense"]
     assert r["input_shapes"] == {"input_ids": [1, 8], "attention_mask": [1, 8]}
 
