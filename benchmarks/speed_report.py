@@ -57,7 +57,7 @@ def summary_plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["setting"] for r in rows]
+    names = [r["setting"].replace(" ", "\n", 1) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     kinds = sorted({k for r in rows for k in r["ms"]}, key=lambda k: ["dense", "sparse, dense kernels"].index(k)
                    if k in ("dense", "sparse, dense kernels") else 9)
