@@ -88,12 +88,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--settings", nargs="*", default=[n for n, _ in SETTINGS], choices=[n for n, _ in SETTINGS],
+                        metavar="NAME", help=f"subset of {[n for n, _ in SETTINGS]}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.makedirs(args.out, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
-    for name, setting in tqdm(SETTINGS, desc="settings"):
+    for name, setting in tqdm([s for s in SETTINGS if s[0] in args.settings], desc="settings"):
         model = build_model(args.layers)
         if setting is not None:
             prune(model, setting)
