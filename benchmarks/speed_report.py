@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--settings", nargs="*", default=[n for n, _ in SETTINGS], choices=[n for n, _ in SETTINGS],
-                        metavar="NAME", help=f"subset of {[n for n, _ in SETTINGS]}")
+                        metavar="NAME", help="subset of the settings, e.g. 'unstructured 90%%' (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.makedirs(args.out, exist_ok=True)
