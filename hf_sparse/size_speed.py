@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 #: A layer with a smaller fraction of exact zeros is reported dense (random inits hold a few zeros).
 DENSE_BELOW = 0.01
-#: A measured ratio below this is within timing noise: "no speedup".
+#: A measured ratio below this (or below 1 + the timings' relative spread) is "no speedup".
 SPEEDUP_THRESHOLD = 1.10
 Inputs = Union[Mapping[str, torch.Tensor], torch.Tensor]
 
@@ -141,10 +141,10 @@ def _forward(model: nn.Module, inputs: Inputs) -> Any:
 
 
 @torch.inference_mode()
-def measure_latencies(
+def measure_times(
     models: Mapping[str, nn.Module], inputs: Inputs, repeats: int = 10, warmup: int = 2
-) -> dict[str, float]:
-    """Median wall time of one forward pass per model, in milliseconds (CUDA synchronised).
+) -> dict[str, list[float]]:
+    """Wall times (ms) of ``repeats`` forward passes per model (CUDA synchronised).
 
     The models run interleaved, one pass each per round, so a load spike on a shared machine hits
     every variant alike instead of one whole measurement.
@@ -163,11 +163,26 @@ def measure_latencies(
                 start = time.perf_counter()
                 _forward(model, inputs)
                 sync()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(1000.0 * (time.perf_counter() - start))
     finally:
         for name, model in models.items():
             model.train(states[name])
-    return {name: 1000.0 * statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def relative_spread(times: Sequence[float]) -> float:
+    """Interquartile range over the median: how noisy a timing is (0 for fewer than 4 samples)."""
+    if len(times) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return (q3 - q1) / statistics.median(times)
+
+
+def measure_latencies(
+    models: Mapping[str, nn.Module], inputs: Inputs, repeats: int = 10, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall time (ms) of one forward pass per model, measured interleaved."""
+    return {name: statistics.median(t) for name, t in measure_times(models, inputs, repeats, warmup).items()}
 
 
 def measure_latency(model: nn.Module, inputs: Inputs, repeats: int = 10, warmup: int = 2) -> float:
@@ -309,6 +324,7 @@ def verdict(totals: Mapping[str, Any], variants: Sequence[Mapping[str, Any]], de
         timing = f"; {measured[0]['ms']:.1f} ms per forward on this {device}" if measured else ""
         return f"dense ({totals['sparsity']:.1%} zeros): nothing for sparse kernels or compression to gain{timing}"
     head = f"{totals['pattern']} {totals['sparsity']:.0%}"
+    base_spread = next((v.get("spread", 0.0) for v in variants if v["name"] == "dense"), 0.0)
     parts = []
     for variant in variants:
         if variant["name"] == "dense":
@@ -316,10 +332,13 @@ def verdict(totals: Mapping[str, Any], variants: Sequence[Mapping[str, Any]], de
         kind = variant["name"].replace("sparse, ", "")
         if variant.get("speedup") is None:
             parts.append(f"{kind}: not measured ({variant.get('error', 'unavailable')})")
-        elif variant["speedup"] >= SPEEDUP_THRESHOLD:
-            parts.append(f"{variant['speedup']:.2f}x faster with {kind} on this {device}")
         else:
-            parts.append(f"no speedup with {kind} on this {device} ({variant['speedup']:.2f}x)")
+            noise = base_spread + variant.get("spread", 0.0)  # relative IQRs of both timings
+            if variant["speedup"] >= max(SPEEDUP_THRESHOLD, 1.0 + noise):
+                parts.append(f"{variant['speedup']:.2f}x faster with {kind} on this {device}")
+            else:
+                within = f", within timing noise +-{noise:.0%}" if noise >= SPEEDUP_THRESHOLD - 1.0 else ""
+                parts.append(f"no speedup with {kind} on this {device} ({variant['speedup']:.2f}x{within})")
     if not parts:
         parts.append("latency not measured")
     size = totals["bytes"]["float32"]["ratio"]
@@ -412,16 +431,17 @@ def _measure_all(
 
         _build_variant("2:4 semi-structured kernels", lambda: to_semi_structured(copy.deepcopy(model)), built, errors)
     try:
-        timings = measure_latencies(built, inputs, repeats, warmup)
+        times = measure_times(built, inputs, repeats, warmup)
     except Exception as err:  # a converted copy that fails at run time: drop it, measure the rest
         logger.warning("report: timing failed (%s); measuring dense and sparse-with-dense-kernels only", err)
         errors.update({name: f"{type(err).__name__}: {err}" for name in built if name not in ("dense", "sparse, dense kernels")})
-        timings = measure_latencies({k: built[k] for k in ("dense", "sparse, dense kernels") if k in built}, inputs, repeats, warmup)
+        times = measure_times({k: built[k] for k in ("dense", "sparse, dense kernels") if k in built}, inputs, repeats, warmup)
+    timings = {name: statistics.median(t) for name, t in times.items()}
     order = ["dense", "sparse, dense kernels", "sparse kernels (to_sparse_inference)", "2:4 semi-structured kernels"]
     variants = []
     for name in order:
         if name in timings:
-            variants.append({"name": name, "ms": timings[name]})
+            variants.append({"name": name, "ms": timings[name], "spread": relative_spread(times[name])})
         elif name in errors:
             variants.append({"name": name, "ms": None, "error": errors[name]})
     base = timings.get("dense")

@@ -95,6 +95,11 @@ def test_verdict_sentences():
     assert text.startswith("unstructured 90%: no speedup with dense kernels on this CPU (1.02x)")
     assert "2.00x faster with sparse kernels (to_sparse_inference) on this CPU" in text
     assert "size 0.13x with compressed=True" in text
+    noisy = [
+        {"name": "dense", "ms": 10.0, "speedup": 1.0, "spread": 0.15},
+        {"name": "sparse, dense kernels", "ms": 8.0, "speedup": 1.25, "spread": 0.2},
+    ]
+    assert "no speedup with dense kernels on this CPU (1.25x, within timing noise +-35%)" in verdict(totals, noisy, "CPU")
     failed = [variants[0], {"name": "sparse kernels (to_sparse_inference)", "ms": None, "speedup": None, "error": "boom"}]
     assert "not measured (boom)" in verdict(totals, failed, "CPU")
 
@@ -108,7 +113,7 @@ def test_measured_report_leaves_the_model_unchanged_and_renders(tmp_path):
     assert model.training  # mode restored
     names = [v["name"] for v in r["latency"]["variants"]]
     assert names == ["dense", "sparse, dense kernels"]
-    assert all(v["ms"] > 0 for v in r["latency"]["variants"])
+    assert all(v["ms"] > 0 and v["spread"] >= 0 for v in r["latency"]["variants"])
     assert r["verdict"].startswith("unstructured 56%:")  # 896 zeros of 1600
     assert json.loads(r.to_json())["totals"]["nonzeros"] == 704
     assert "verdict" in str(r) and "fc2.weight" in str(r)
