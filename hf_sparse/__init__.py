@@ -2,6 +2,8 @@
 
 from .callback import SparsityCallback
 from .config import SparsityConfig
+from .export import save_sparse
+from .loading import load_masks, load_sparse
 from .methods.base import PruningMethod
 from .existing_masks import read_masks
 from .registry import available_methods, get_method_class, register_method
@@ -10,6 +12,7 @@ from .semi_structured import to_semi_structured
 from .size_speed import SizeSpeedReport, report  # binds hf_sparse.report to the function (module stays importable)
 from .sparsifier import Sparsifier
 from .trainer import SparseTrainer
+from .hub import push_to_hub
 
 __version__ = "0.1.0"
 
@@ -23,9 +26,13 @@ __all__ = [
     "SparsityReport",
     "available_methods",
     "get_method_class",
+    "load_masks",
+    "load_sparse",
+    "push_to_hub",
     "read_masks",
     "register_method",
     "report",
+    "save_sparse",
     "sparsity_report",
     "to_semi_structured",
 ]

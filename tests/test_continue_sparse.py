@@ -212,3 +212,24 @@ def test_export_folders_are_read_first_when_the_export_feature_is_installed(tmp_
     (tmp_path / "dense").mkdir()
     assert read_masks(str(tmp_path / "sparse")) is stored
     assert read_masks(str(tmp_path / "dense")) is None  # no masks anywhere: None, not an error
+
+
+def test_masks_saved_by_save_sparse_reach_constant_through_plain_from_pretrained(tmp_path):
+    from hf_sparse import load_sparse, save_sparse
+
+    model, _ = pruned_copy_on_disk(tmp_path, 0.5)
+    masks = zero_masks(model)
+    name = next(iter(masks))
+    masks[name] = masks[name].clone()
+    masks[name].view(-1)[masks[name].view(-1).nonzero()[:4, 0]] = False  # metadata differs from zeros
+    with torch.no_grad():
+        dict(model.named_parameters())[name].masked_fill_(~masks[name], 0.0)
+        dict(model.named_parameters())[name].view(-1)[masks[name].view(-1).nonzero()[:1, 0]] = 0.0  # a kept zero
+    save_sparse(model, str(tmp_path / "exported"), masks=masks)
+    reloaded = BertForSequenceClassification.from_pretrained(str(tmp_path / "exported"))
+    sparsifier = Sparsifier(reloaded, SparsityConfig(method="constant", method_args={"masks_from": "metadata"}))
+    sparsifier.begin(10)
+    assert torch.equal(sparsifier.masks[name], masks[name])  # the stored mask, not weight != 0
+    assert not torch.equal(sparsifier.masks[name], zero_masks(reloaded)[name])
+    loaded, loaded_masks = load_sparse(str(tmp_path / "exported"))
+    assert torch.equal(read_masks(str(tmp_path / "exported"))[name], loaded_masks[name])
