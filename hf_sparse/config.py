@@ -66,7 +66,7 @@ class SparsityConfig:
         default="auto",
         metadata={
             "help": "Masks at the start of a fresh run: 'auto' (hf_sparse metadata of the model if any, else its "
-            "exact zeros when >= 1% of targeted weights are zero, else dense), 'zeros', 'metadata' or 'dense'. "
+            "exact zeros when at least 1 percent of targeted weights are zero, else dense), 'zeros', 'metadata' or 'dense'. "
             "Pruned weights never regrow unless the method grows by design."
         },
     )
