@@ -1,7 +1,8 @@
 """Built-in pruning methods; importing this package registers them."""
 
 from .base import PruningMethod
+from .constant import Constant
 from .drop_and_grow import DSTEE, SET, DropAndGrow, RigL
 from .gmp import GMP, OneShot
 
-__all__ = ["DSTEE", "DropAndGrow", "GMP", "OneShot", "PruningMethod", "RigL", "SET"]
+__all__ = ["Constant", "DSTEE", "DropAndGrow", "GMP", "OneShot", "PruningMethod", "RigL", "SET"]
