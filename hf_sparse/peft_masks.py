@@ -8,12 +8,15 @@ so masks from the sparse base, from the LoRA run and from the merged model are i
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import load_sparsity_state
+from .checkpoint import STATE_JSON
+from .config import CONFIG_NAME
+from .existing_masks import read_masks
 from .peft_layout import canonical_name
 from .sparsifier import Sparsifier
 
@@ -27,13 +30,25 @@ _NM_CANDIDATES = ((2, 4), (1, 4), (4, 8), (1, 2))
 
 
 def masks_from_directory(directory: Union[str, os.PathLike]) -> tuple[Masks, Optional[str]]:
-    """(masks, pattern) saved by ``SparseTrainer.save_model`` or ``MergeResult.save_pretrained``.
+    """(masks, pattern) of a folder written by hf_sparse (any layout ``existing_masks.read_masks`` reads)."""
+    directory = os.fspath(directory)
+    masks = read_masks(directory)
+    if not masks:
+        raise FileNotFoundError(f"{directory} holds no hf_sparse masks (sparse_masks.safetensors or sparsity_state.*)")
+    return dict(masks), _saved_pattern(directory)
 
-    The one place that reads hf_sparse mask files, so a new export format only changes this.
-    """
-    state, config = load_sparsity_state(os.fspath(directory))
-    pattern = config.get("pattern") if isinstance(config, Mapping) else None
-    return dict(state["masks"]), pattern
+
+def _saved_pattern(directory: str) -> Optional[str]:
+    """The pattern recorded beside the masks (sparsity_config.json, else the state's config)."""
+    for name, key in ((CONFIG_NAME, None), (STATE_JSON, "config")):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                document = json.load(handle)
+            config = document.get(key) if key else document
+            if isinstance(config, Mapping) and config.get("pattern"):
+                return config["pattern"]
+    return None
 
 
 def _as_bool_masks(masks: Mapping[str, Any]) -> Masks:

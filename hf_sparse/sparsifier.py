@@ -68,9 +68,11 @@ class Sparsifier:
         """Resolve the schedule; on a fresh run, build the initial masks (step 0)."""
         self.method.setup(total_steps)
         if not self.started:
-            start, source = self.method.starting_masks(ExistingMasks(self.weights(), self._read_metadata))
-            log_masks(start, source, f"{self.config.method}")
-            self._set_masks(start, optimizer=None)
+            if all(bool(m.all()) for m in self.masks.values()):  # no masks given: what does the model carry?
+                raw = {name: p.detach() for name, p in self.params.items()}
+                start, source = self.method.starting_masks(ExistingMasks(raw, self._read_metadata))
+                log_masks(start, source, f"{self.config.method}")
+                self._set_masks(start, optimizer=None)
             self._set_masks(self.method.init_masks(self.weights(), self.masks), optimizer=None)
             self.started = True
         self.apply_masks()

@@ -173,6 +173,20 @@ class DropAndGrow(PruningMethod):
     def __init__(self, config: "SparsityConfig", targets: list) -> None:
         super().__init__(config, targets)
         self.last_logs: dict[str, float] = {}
+        self.kept_sparsity: Optional[float] = None  # set when training starts from an already sparse model
+
+    def target_sparsity(self, step: int) -> float:
+        return self.config.sparsity if self.kept_sparsity is None else self.kept_sparsity
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.kept_sparsity is not None:
+            state["kept_sparsity"] = self.kept_sparsity
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.kept_sparsity = float(state["kept_sparsity"]) if "kept_sparsity" in state else None
 
     # -- hooks ---------------------------------------------------------------------------------
     def drop_scores(self, name: str, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -206,7 +220,7 @@ class DropAndGrow(PruningMethod):
         stays where it is and only the connectivity changes from then on.
         """
         if not all(bool(m.all()) for m in masks.values()):
-            current = overall_sparsity(masks)
+            current = self.kept_sparsity = overall_sparsity(masks)
             logger.info("%s: starting from the model's existing masks (sparsity %.4f)", self.name, current)
             if abs(current - self.config.sparsity) > 1e-3:
                 logger.warning(

@@ -326,3 +326,5 @@ def test_already_sparse_model_keeps_its_masks_and_density(method):
     for name, mask in sparsifier.masks.items():
         assert int(mask.sum()) == int(zeros[name].sum())  # density kept per layer
     assert any(not torch.equal(sparsifier.masks[n], m) for n, m in zeros.items())  # connectivity moved
+    assert abs(sparsifier.target_sparsity() - sparsifier.sparsity) < 1e-9
+    assert sparsifier.method.state_dict()["kept_sparsity"] == sparsifier.sparsity
