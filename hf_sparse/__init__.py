@@ -2,7 +2,9 @@
 
 from .callback import SparsityCallback
 from .config import SparsityConfig
+from .distill import DistillationConfig
 from .methods.base import PruningMethod
+from .presets import available_presets, recommend_schedule_scale
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
 from .sparsifier import Sparsifier
@@ -11,6 +13,7 @@ from .trainer import SparseTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "DistillationConfig",
     "PruningMethod",
     "SparseTrainer",
     "Sparsifier",
@@ -18,7 +21,9 @@ __all__ = [
     "SparsityConfig",
     "SparsityReport",
     "available_methods",
+    "available_presets",
     "get_method_class",
+    "recommend_schedule_scale",
     "register_method",
     "sparsity_report",
 ]
