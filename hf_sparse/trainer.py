@@ -67,8 +67,7 @@ class SparseTrainer(Trainer):
         """Stretch the run by ``schedule_scale``; fractions of the run (start/end) stretch with it."""
         k = self.sparsity_config.schedule_scale
         recommended = recommend_schedule_scale(self.sparsity_config.sparsity)
-        log = logger.warning if k < recommended else logger.info
-        log("schedule_scale=%g (recommended %g for sparsity %g)", k, recommended, self.sparsity_config.sparsity)
+        logger.info("schedule_scale=%g (recommended %g for sparsity %g)", k, recommended, self.sparsity_config.sparsity)
         if k == 1.0:
             return
         args = copy.copy(self.args)  # never rescale the caller's TrainingArguments in place
@@ -113,7 +112,8 @@ class SparseTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.teacher_model is None:
+        """With a teacher, training loss = distillation loss; evaluation keeps the task loss."""
+        if self.teacher_model is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}

@@ -152,9 +152,13 @@ def test_trainer_distills_from_a_frozen_eval_teacher(tmp_path):
         assert torch.equal(param, before[name]) and param.grad is None, name
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses[0] < 1e-3 and max(losses) > 0  # the student moves away once it is pruned
+    student.train()
     with torch.no_grad():
         expected = kd_loss(student(batch["x"])["logits"], teacher(batch["x"])["logits"], 2.0)
+        task = torch.nn.functional.cross_entropy(student(batch["x"])["logits"], batch["labels"])
     assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(expected.item(), rel=1e-5)
+    student.eval()  # evaluation reports the task loss, not the distillation loss
+    assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(task.item(), rel=1e-5)
 
 
 def test_distillation_needs_a_teacher():
