@@ -13,6 +13,8 @@ Trainer's linear LR decay unless said otherwise:
 - gmp-3x-rewind-kd: the full extended recipe (3x + rewinding + KD).
 - acdc: preset ``acdc`` (global magnitude, 10% warm-up, 5% phases, 15% final sparse) at 1x.
 
+``--init dense`` (default): every sparse run starts from the seed's trained dense model, as in
+sparse fine-tuning; ``--init scratch``: from the same random initialisation as the dense run.
 Mean +- std of test accuracy over ``--seeds`` seeds, the under-training verdict of each run, and a PNG
 with the accuracy bars and the mean training-loss curves go to benchmarks/results/.
 Run: ``python benchmarks/extended_schedule.py [--seeds 3] [--epochs 20] [--sparsity 0.9]`` (about 5 minutes
@@ -82,10 +84,15 @@ def sparsity_config(recipe: str, update_every: int, sparsity: float) -> Sparsity
     return SparsityConfig.from_preset("acdc", sparsity=sparsity)
 
 
-def run(recipe: str, seed: int, data, args_common: dict, teacher: nn.Module | None, out_dir: str, sparsity: float):
+def run(
+    recipe: str, seed: int, data, args_common: dict, teacher: nn.Module | None, out_dir: str, sparsity: float,
+    from_dense: bool,
+):
     train, test = data
     torch.manual_seed(seed)
     model = MLP()
+    if from_dense and teacher is not None:  # sparse fine-tuning of the trained dense model
+        model.load_state_dict(teacher.state_dict())
     args = TrainingArguments(output_dir=os.path.join(out_dir, f"{recipe}-{seed}"), seed=seed, **args_common)
     config = sparsity_config(recipe, args_common["logging_steps"] * 2, sparsity)
     if config is None:
@@ -119,7 +126,7 @@ def run(recipe: str, seed: int, data, args_common: dict, teacher: nn.Module | No
     }
 
 
-def plot(results: list[dict], path: str) -> None:
+def plot(results: list[dict], path: str, init: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +143,7 @@ def plot(results: list[dict], path: str) -> None:
     low = min(m - s for m, s in zip(means, stds))
     ax_acc.set_ylim(max(0, low - 3), 100)
     ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.set_title(f"digits MLP, {results[-1]['sparsity']:.0%} sparse hidden layers (mean +- std)")
+    ax_acc.set_title(f"digits MLP, {results[-1]['sparsity']:.0%} sparse hidden layers, from {init} (mean +- std)")
     for i, m in enumerate(means):
         ax_acc.text(i, m + 0.2, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
     for recipe in RECIPES:
@@ -160,6 +167,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=float, default=20, help="the 1x budget (dense is about converged)")
     parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument(
+        "--init", choices=["dense", "scratch"], default="dense",
+        help="sparse runs start from the seed's trained dense model (fine-tuning, the seed's setting) or from scratch",
+    )  # fmt: skip
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
@@ -185,7 +196,7 @@ def main() -> None:
     for seed in range(cli.seeds):
         teacher = None
         for recipe in RECIPES:
-            model, result = run(recipe, seed, data, common, teacher, scratch, cli.sparsity)
+            model, result = run(recipe, seed, data, common, teacher, scratch, cli.sparsity, cli.init == "dense")
             if recipe == "dense":
                 teacher = model
             results.append(result)
@@ -216,12 +227,13 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
-    with open(os.path.join(cli.out, "extended_schedule.md"), "w") as handle:
+    name = f"extended_schedule_{cli.init}"
+    with open(os.path.join(cli.out, name + ".md"), "w") as handle:
         handle.write(f"digits MLP 64-128-128-10, {cli.sparsity:.0%} sparse hidden layers, {cli.epochs:g} epochs = 1x, "
-                     f"{cli.seeds} seeds, torch {torch.__version__}\n\n{table}\n")
-    with open(os.path.join(cli.out, "extended_schedule.json"), "w") as handle:
+                     f"sparse runs start from {cli.init}, {cli.seeds} seeds, torch {torch.__version__}\n\n{table}\n")
+    with open(os.path.join(cli.out, name + ".json"), "w") as handle:
         json.dump({"summary": rows, "runs": results, "settings": vars(cli)}, handle, indent=1)
-    plot(results, os.path.join(cli.out, "extended_schedule.png"))
+    plot(results, os.path.join(cli.out, name + ".png"), cli.init)
     import shutil
 
     shutil.rmtree(scratch, ignore_errors=True)

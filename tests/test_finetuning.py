@@ -198,3 +198,26 @@ def test_trainer_stores_the_verdict_in_the_logs(tmp_path):
     assert "undertraining_undertrained" in entry and "undertraining_slope" in entry
     assert trainer.undertraining.verdict is not None
     assert entry["undertraining_undertrained"] == trainer.undertraining.verdict.undertrained
+
+
+# -- the shared invariants hold for the extended recipe -------------------------------------------------
+def test_extended_recipe_keeps_the_invariants(tmp_path):
+    from test_methods_common import InvariantChecker
+
+    from conftest import PairDataset, tiny_bert
+
+    config = SparsityConfig.from_preset(
+        "bert-glue-extended", sparsity=0.75, update_every=2, schedule_scale=2, lr_rewinding="cosine"
+    )
+    args = training_args(tmp_path, max_steps=6, logging_steps=1, gradient_accumulation_steps=2, max_grad_norm=1.0)
+    trainer = SparseTrainer(model=tiny_bert(), args=args, train_dataset=PairDataset(n=96), sparsity_config=config)
+    checker = InvariantChecker(trainer)
+    trainer.add_callback(checker)
+    trainer.train()
+    assert trainer.state.global_step == 12 and checker.steps_checked == 12
+    assert checker.violations == []
+    updates = [s for s in range(13) if trainer.sparsifier.method.is_update_step(s)]
+    assert updates == [0, 4, 8, 9]  # start 0, every 2*2, end 0.75*12 = 9
+    assert trainer.sparsifier.sparsity == pytest.approx(0.75, abs=0.01)
+    lrs = {e["step"]: e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e}
+    assert lrs[1] == pytest.approx(1e-3) and lrs[5] == pytest.approx(1e-3) and lrs[4] < 1e-3  # rewound at 4
