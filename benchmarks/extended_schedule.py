@@ -227,7 +227,7 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
-    name = f"extended_schedule_{cli.init}"
+    name = f"extended_schedule_{cli.init}_{round(100 * cli.sparsity)}"
     with open(os.path.join(cli.out, name + ".md"), "w") as handle:
         handle.write(f"digits MLP 64-128-128-10, {cli.sparsity:.0%} sparse hidden layers, {cli.epochs:g} epochs = 1x, "
                      f"sparse runs start from {cli.init}, {cli.seeds} seeds, torch {torch.__version__}\n\n{table}\n")

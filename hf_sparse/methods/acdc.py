@@ -84,6 +84,7 @@ class ACDC(PruningMethod):
     def __init__(self, config: "SparsityConfig", targets):
         super().__init__(config, targets)
         self.phases: list[tuple[int, bool]] = []
+        self._starts: dict[int, bool] = {}
 
     def setup(self, total_steps: int) -> None:
         self.total_steps = total_steps
@@ -95,7 +96,7 @@ class ACDC(PruningMethod):
         self._starts = {step: sparse for step, sparse in self.phases}
 
     def is_update_step(self, step: int) -> bool:
-        return step in getattr(self, "_starts", {})
+        return step in self._starts
 
     def is_sparse_at(self, step: int) -> bool:
         """Whether the masks after optimizer step ``step`` are sparse."""
