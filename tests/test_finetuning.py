@@ -221,3 +221,18 @@ def test_extended_recipe_keeps_the_invariants(tmp_path):
     assert trainer.sparsifier.sparsity == pytest.approx(0.75, abs=0.01)
     lrs = {e["step"]: e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e}
     assert lrs[1] == pytest.approx(1e-3) and lrs[5] == pytest.approx(1e-3) and lrs[4] < 1e-3  # rewound at 4
+
+
+def test_teacher_runs_under_the_students_autocast(tmp_path):
+    torch.manual_seed(0)
+    student = TinyMLP()
+    teacher = copy.deepcopy(student)
+    dtypes = []
+    teacher.out.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    trainer = SparseTrainer(
+        model=student, args=training_args(tmp_path, max_steps=2, bf16=True), train_dataset=VectorDataset(),
+        sparsity_config=SparsityConfig(sparsity=0.5, start=1, end=1), teacher_model=teacher,
+    )  # fmt: skip
+    assert isinstance(trainer.distillation, DistillationConfig)  # defaults when only a teacher is given
+    trainer.train()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
