@@ -7,6 +7,8 @@ Trainer's linear LR decay unless said otherwise:
 
 - dense: plain training, ``--epochs`` epochs (the "1x" budget; 20: dense accuracy has about converged).
 - gmp-1x: preset ``bert-glue-1x`` (cubic 0 -> 90% over the first 75%, then fixed).
+- gmp-1x-rewind: preset ``gmp-rewinding`` (gmp-1x with linear LR rewinding, same length).
+- gmp-3x: gmp-1x with ``schedule_scale=3`` (ramp and fixed phase 3x longer, Trainer's LR decay).
 - gmp-3x-rewind: preset ``bert-glue-extended`` (3x schedule, jump to 70% at the first pruning
   step, linear LR rewinding per pruning interval, last 25% at fixed sparsity).
 - gmp-1x-kd: gmp-1x plus distillation from the seed's dense model (T = 2, alpha = 1).
@@ -45,7 +47,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments  # noqa: E4
 from hf_sparse import DistillationConfig, SparseTrainer, SparsityConfig  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-RECIPES = ["dense", "gmp-1x", "gmp-3x-rewind", "gmp-1x-kd", "gmp-3x-rewind-kd", "acdc"]
+RECIPES = ["dense", "gmp-1x", "gmp-1x-rewind", "gmp-3x", "gmp-3x-rewind", "gmp-1x-kd", "gmp-3x-rewind-kd", "acdc"]
 logger = logging.getLogger("extended_schedule")
 
 
@@ -77,6 +79,10 @@ class MLP(nn.Module):
 def sparsity_config(recipe: str, update_every: int, sparsity: float) -> SparsityConfig | None:
     if recipe == "dense":
         return None
+    if recipe == "gmp-1x-rewind":
+        return SparsityConfig.from_preset("gmp-rewinding", update_every=update_every, sparsity=sparsity)
+    if recipe == "gmp-3x":
+        return SparsityConfig.from_preset("bert-glue-1x", update_every=update_every, sparsity=sparsity, schedule_scale=3)
     if recipe.startswith("gmp-1x"):
         return SparsityConfig.from_preset("bert-glue-1x", update_every=update_every, sparsity=sparsity)
     if recipe.startswith("gmp-3x-rewind"):

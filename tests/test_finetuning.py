@@ -236,3 +236,15 @@ def test_teacher_runs_under_the_students_autocast(tmp_path):
     assert isinstance(trainer.distillation, DistillationConfig)  # defaults when only a teacher is given
     trainer.train()
     assert dtypes == [torch.bfloat16, torch.bfloat16]
+
+
+def test_cli_lists_and_prints_presets(capsys):
+    from hf_sparse.__main__ import main
+
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in available_presets())
+    assert main(["presets", "acdc"]) == 0
+    assert SparsityConfig.from_dict(json.loads(capsys.readouterr().out)) == SparsityConfig.from_preset("acdc")
+    with pytest.raises(ValueError, match="available presets"):
+        main(["presets", "nope"])
