@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "kd_two_ranks.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -21,7 +28,7 @@ def test_distillation_with_two_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", "29547", SCRIPT, str(tmp_path),
+        "--main_process_port", str(_free_port()), SCRIPT, str(tmp_path),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
