@@ -3,17 +3,25 @@
 from .callback import SparsityCallback
 from .config import SparsityConfig
 from .distill import DistillationConfig
+from .export import save_sparse
+from .loading import load_masks, load_sparse
+from .lora import MergeResult, merge_and_unload
+from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
 from .methods.base import PruningMethod
 from .presets import available_presets, recommend_schedule_scale
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
 from .sparsifier import Sparsifier
 from .trainer import SparseTrainer
+from .hub import push_to_hub
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DistillationConfig",
+    "MaskedLoraDeltas",
+    "MergeResult",
+    "PeftSparsifier",
     "PruningMethod",
     "SparseTrainer",
     "Sparsifier",
@@ -23,7 +31,12 @@ __all__ = [
     "available_methods",
     "available_presets",
     "get_method_class",
+    "load_masks",
+    "load_sparse",
+    "merge_and_unload",
+    "push_to_hub",
     "recommend_schedule_scale",
     "register_method",
+    "save_sparse",
     "sparsity_report",
 ]
