@@ -94,3 +94,10 @@ def test_dense_phase_regrows_and_final_sparsity_is_exact():
     assert kept == round(0.2 * numel)  # exactly at target after the final sparse phase
     for name, param in sparsifier.params.items():
         assert torch.all(param.detach()[~sparsifier.masks[name]] == 0)
+
+
+def test_frozen_targets_are_refused():
+    model = TinyMLP()
+    model.fc1.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="frozen"):
+        Sparsifier(model, SparsityConfig(method="acdc"))

@@ -21,7 +21,7 @@ so the last mask is chosen at 80% of the run. ``start``/``end``/``update_every``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional, Union
+from typing import TYPE_CHECKING, ClassVar, Mapping, Optional, Union
 
 import torch
 
@@ -62,6 +62,9 @@ class ACDC(PruningMethod):
     """Alternating sparse/dense phases; masks from magnitude at each sparse phase start."""
 
     Args = ACDCArgs
+    #: Dense phases train pruned weights back: frozen targets (a LoRA base) cannot do that, and their
+    #: zeros would not be recoverable from the masks on resume.
+    needs_trainable_targets: ClassVar[bool] = True
 
     @classmethod
     def validate_config(cls, config: "SparsityConfig") -> None:
@@ -83,6 +86,12 @@ class ACDC(PruningMethod):
 
     def __init__(self, config: "SparsityConfig", targets):
         super().__init__(config, targets)
+        frozen = [t.name for t in targets if not t.param.requires_grad]
+        if frozen:
+            raise ValueError(
+                f"method 'acdc' retrains pruned weights in its dense phases, but {len(frozen)} targets are frozen "
+                f"(requires_grad=False, e.g. a LoRA base), first {frozen[0]!r}. Use gmp or oneshot to prune a frozen base."
+            )
         self.phases: list[tuple[int, bool]] = []
         self._starts: dict[int, bool] = {}
 
