@@ -7,6 +7,7 @@ from .export import save_sparse
 from .loading import load_masks, load_sparse
 from .lora import MergeResult, merge_and_unload
 from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
+from .inference import from_sparse_inference, to_sparse_inference
 from .methods.base import PruningMethod
 from .presets import available_presets, recommend_schedule_scale
 from .registry import available_methods, get_method_class, register_method
@@ -30,6 +31,7 @@ __all__ = [
     "SparsityReport",
     "available_methods",
     "available_presets",
+    "from_sparse_inference",
     "get_method_class",
     "load_masks",
     "load_sparse",
@@ -39,4 +41,5 @@ __all__ = [
     "register_method",
     "save_sparse",
     "sparsity_report",
+    "to_sparse_inference",
 ]

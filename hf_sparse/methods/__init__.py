@@ -2,6 +2,7 @@
 
 from .acdc import ACDC
 from .base import PruningMethod
+from .drop_and_grow import DSTEE, SET, DropAndGrow, RigL
 from .gmp import GMP, OneShot
 
-__all__ = ["ACDC", "GMP", "OneShot", "PruningMethod"]
+__all__ = ["ACDC", "DSTEE", "DropAndGrow", "GMP", "OneShot", "PruningMethod", "RigL", "SET"]
