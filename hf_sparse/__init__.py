@@ -2,6 +2,7 @@
 
 from .callback import SparsityCallback
 from .config import SparsityConfig
+from .distill import DistillationConfig
 from .export import save_sparse
 from .loading import load_masks, load_sparse
 from .lora import MergeResult, merge_and_unload
@@ -9,6 +10,7 @@ from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
 from .inference import from_sparse_inference, to_sparse_inference
 from .methods.base import PruningMethod
 from .existing_masks import read_masks
+from .presets import available_presets, recommend_schedule_scale
 from .registry import available_methods, get_method_class, register_method
 from .report import SparsityReport, sparsity_report
 from .semi_structured import to_semi_structured
@@ -20,6 +22,7 @@ from .hub import push_to_hub
 __version__ = "0.1.0"
 
 __all__ = [
+    "DistillationConfig",
     "MaskedLoraDeltas",
     "MergeResult",
     "PeftSparsifier",
@@ -31,6 +34,7 @@ __all__ = [
     "SizeSpeedReport",
     "SparsityReport",
     "available_methods",
+    "available_presets",
     "from_sparse_inference",
     "get_method_class",
     "load_masks",
@@ -38,6 +42,7 @@ __all__ = [
     "merge_and_unload",
     "push_to_hub",
     "read_masks",
+    "recommend_schedule_scale",
     "register_method",
     "report",
     "save_sparse",

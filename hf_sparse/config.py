@@ -73,6 +73,23 @@ class SparsityConfig:
     sync_masks: bool = field(
         default=True, metadata={"help": "Broadcast masks from rank 0 after each update (a no-op on one process)."}
     )
+    schedule_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Train k times longer (SparseTrainer scales max_steps/epochs, integer start/end, update_every "
+            "and integer warmup_steps by k). See hf_sparse.recommend_schedule_scale."
+        },
+    )
+    lr_rewinding: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "LR rewinding aligned to mask updates: None (the Trainer's lr_scheduler_type), 'linear' or "
+            "'cosine' decay from the peak LR to lr_floor * peak within each pruning interval."
+        },
+    )
+    lr_floor: float = field(
+        default=0.1, metadata={"help": "LR rewinding: end of each interval's decay, as a fraction of the peak LR."}
+    )
 
     def __post_init__(self) -> None:
         self._normalise_types()
@@ -111,7 +128,23 @@ class SparsityConfig:
                     re.compile(pattern)
                 except re.error as err:
                     raise ValueError(f"{name}: invalid regex {pattern!r}: {err}") from err
+        self._check_fine_tuning()
         get_method_class(self.method).validate_config(self)
+
+    def _check_fine_tuning(self) -> None:
+        """Schedule scale and LR rewinding (sparse-aware fine-tuning, shared/methods.md section 3)."""
+        from .lr_schedules import LR_SHAPES  # local: keeps config import-light
+
+        scale = self.schedule_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 1.0:
+            raise ValueError(f"schedule_scale must be a number >= 1 (1 = the run as given), got {scale!r}")
+        self.schedule_scale = float(scale)
+        if self.lr_rewinding in ("", "none", "None"):
+            self.lr_rewinding = None
+        if self.lr_rewinding is not None and self.lr_rewinding not in LR_SHAPES:
+            raise ValueError(f"lr_rewinding must be None or one of {LR_SHAPES}, got {self.lr_rewinding!r}")
+        if isinstance(self.lr_floor, bool) or not isinstance(self.lr_floor, (int, float)) or not 0 <= self.lr_floor <= 1:
+            raise ValueError(f"lr_floor must be a number in [0, 1] (fraction of the peak LR), got {self.lr_floor!r}")
 
     def _normalise_types(self) -> None:
         if isinstance(self.method_args, str):
@@ -156,10 +189,26 @@ class SparsityConfig:
         return isinstance(value, int)
 
     def resolve_step(self, value: Union[int, float], total_steps: int) -> int:
-        """Turn ``start``/``end`` into an optimizer step of a run of ``total_steps``."""
+        """Turn ``start``/``end`` into an optimizer step of a run of ``total_steps``.
+
+        ``total_steps`` is the (already scaled) run length, so fractions stretch by themselves;
+        a step number is multiplied by ``schedule_scale`` here, the one place steps are scaled.
+        """
         if self.is_step(value):
-            return int(value)
+            return int(round(value * self.schedule_scale))
         return int(round(value * total_steps))
+
+    @property
+    def scaled_update_every(self) -> int:
+        """``update_every`` stretched by ``schedule_scale`` (as many mask updates, each interval longer)."""
+        return max(1, int(round(self.update_every * self.schedule_scale)))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "SparsityConfig":
+        """A named recipe (``hf_sparse.presets``) with any field overridden, e.g. ``sparsity=0.8``."""
+        from .presets import preset_fields
+
+        return cls.from_dict({**preset_fields(name), **overrides})
 
     @property
     def nm(self) -> Optional[tuple[int, int]]:

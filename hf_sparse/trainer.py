@@ -6,15 +6,21 @@ masks gradients before clipping, logs sparsity, and saves/restores the masks wit
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any, Optional, Union
 
+import torch
 from transformers import Trainer
 
 from .callback import SparsityCallback
 from .checkpoint import has_sparsity_state, load_sparsity_state, save_sparsity_state
 from .config import SparsityConfig
+from .diagnostics import UnderTrainingCallback
+from .distill import DistillationConfig, distillation_loss
+from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
+from .presets import recommend_schedule_scale
 from .export import annotate_checkpoint
 from .peft_layout import is_peft_model
 from .peft_sparsifier import PeftSparsifier
@@ -46,6 +52,8 @@ class SparseTrainer(Trainer):
         self,
         *args: Any,
         sparsity_config: Union[SparsityConfig, dict, str, None] = None,
+        teacher_model: Optional[torch.nn.Module] = None,
+        distillation: Optional[DistillationConfig] = None,
         base_masks: Any = None,
         **kwargs: Any,
     ):
@@ -66,6 +74,74 @@ class SparseTrainer(Trainer):
             self.sparsity_config = _as_config(sparsity_config)
             self.sparsifier = Sparsifier(self.model, self.sparsity_config)
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
+        self.undertraining = UnderTrainingCallback()
+        self.add_callback(self.undertraining)
+        self._scale_schedule()
+        self._setup_distillation(teacher_model, distillation)
+
+    # -- sparse-aware fine-tuning (shared/methods.md section 3) -----------------------------------
+    def _scale_schedule(self) -> None:
+        """Stretch the run by ``schedule_scale``; fractions of the run (start/end) stretch with it."""
+        if self.sparsity_config is None:  # a sparse LoRA base without further pruning
+            return
+        k = self.sparsity_config.schedule_scale
+        recommended = recommend_schedule_scale(self.sparsity_config.sparsity)
+        logger.info("schedule_scale=%g (recommended %g for sparsity %g)", k, recommended, self.sparsity_config.sparsity)
+        if k == 1.0:
+            return
+        args = copy.copy(self.args)  # never rescale the caller's TrainingArguments in place
+        if args.max_steps > 0:
+            args.max_steps = int(round(args.max_steps * k))
+        else:
+            args.num_train_epochs = args.num_train_epochs * k
+        if args.warmup_steps >= 1:
+            args.warmup_steps = int(round(args.warmup_steps * k))
+        self.args = args
+        logger.info("schedule_scale=%g: max_steps=%s num_train_epochs=%s", k, args.max_steps, args.num_train_epochs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """LR rewinding when ``sparsity_config.lr_rewinding`` is set, else the Trainer's own schedule."""
+        config = self.sparsity_config
+        if config is None or config.lr_rewinding is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        method = self.sparsifier.method
+        method.setup(num_training_steps)  # the engine does it again at train begin with the same length
+        schedule = RewindingLambda(
+            pruning_steps_of(method.is_update_step, num_training_steps),
+            num_training_steps,
+            floor=self.sparsity_config.lr_floor,
+            shape=self.sparsity_config.lr_rewinding,
+            warmup_steps=self.args.get_warmup_steps(num_training_steps),
+        )
+        self.lr_scheduler = rewinding_scheduler(optimizer if optimizer is not None else self.optimizer, schedule)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _setup_distillation(self, teacher: Optional[torch.nn.Module], config: Optional[DistillationConfig]) -> None:
+        if config is not None and not isinstance(config, DistillationConfig):
+            raise TypeError(f"distillation must be a DistillationConfig, got {type(config).__name__}")
+        if config is not None and teacher is None:
+            raise ValueError("distillation=DistillationConfig(...) needs teacher_model=<the dense model>")
+        self.distillation = config if config is not None or teacher is None else DistillationConfig()
+        self.teacher_model = teacher
+        if teacher is None:
+            return
+        teacher.to(self.args.device).eval().requires_grad_(False)
+        # Task loss and KD term are both per-micro-batch means: let the Trainer divide by the
+        # accumulation steps rather than the model normalising by num_items_in_batch.
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """With a teacher, training loss = distillation loss; evaluation keeps the task loss."""
+        if self.teacher_model is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_outputs = self.teacher_model(**teacher_inputs)
+        key = self.distillation.logits_key
+        loss = distillation_loss(loss, outputs[key], teacher_outputs[key], self.distillation)
+        return (loss, outputs) if return_outputs else loss
 
     @property
     def masks(self) -> dict:

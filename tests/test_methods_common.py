@@ -27,6 +27,8 @@ METHOD_ROWS: dict[str, dict] = {
     "set": dict(sparsity=0.75, start=2, end=8, update_every=2),
     "rigl": dict(sparsity=0.75, start=2, end=8, update_every=2),
     "dst_ee": dict(sparsity=0.75, start=2, end=8, update_every=2),
+    # phases: dense 0-2, S at 2, D at 4, S at 6, D at 8, final S at 9
+    "acdc": dict(sparsity=0.75, method_args={"warmup": 2, "phase": 2, "final": 3}),
 }
 
 

@@ -71,7 +71,7 @@ class PruningMethod:
         self.total_steps = total_steps
         start = self.config.resolve_step(self.config.start, total_steps)
         end = max(start, self.config.resolve_step(self.config.end, total_steps))
-        self.updates = UpdateSteps(start, end, self.config.update_every)
+        self.updates = UpdateSteps(start, end, self.config.scaled_update_every)
 
     def is_update_step(self, step: int) -> bool:
         return self.updates is not None and step in self.updates

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
@@ -13,6 +14,20 @@ from ..schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
 from .base import Masks, PruningMethod
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from ..config import SparsityConfig
+
+
+@dataclass
+class GMPArgs:
+    initial_jump: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Sparsity reached at the first pruning step (e.g. 0.7), then cubic to the target "
+            "(GMP*, Kurtic & Alistarh 2022). None: start the cubic ramp at initial_sparsity."
+        },
+    )
 
 
 class MagnitudePruning(PruningMethod):
@@ -79,11 +94,31 @@ class GMP(MagnitudePruning):
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t_end - t0))**3, pruning every ``update_every``
     steps between ``start`` (t0) and ``end`` (t_end); the mask is fixed after ``end``.
+    ``method_args={"initial_jump": s_j}``: the first pruning step (t0) goes straight to s_j and
+    the cubic runs from s_j (s_i = s_j above).
     """
+
+    Args = GMPArgs
+
+    @classmethod
+    def validate_config(cls, config: "SparsityConfig") -> None:
+        super().validate_config(config)
+        jump = cls.parse_args(config.method_args or {}).initial_jump
+        if jump is None:
+            return
+        if isinstance(jump, bool) or not isinstance(jump, (int, float)):
+            raise ValueError(f"method 'gmp': initial_jump must be a number or None, got {jump!r}")
+        if not config.initial_sparsity <= jump <= config.sparsity:
+            raise ValueError(
+                f"method 'gmp': initial_jump must lie in [initial_sparsity, sparsity] = "
+                f"[{config.initial_sparsity}, {config.sparsity}], got {jump}"
+            )
 
     def sparsity_schedule(self) -> PolynomialSparsity:
         assert self.updates is not None, "setup() first"
-        return PolynomialSparsity(self.initial_sparsity, self.config.sparsity, self.updates.start, self.updates.end)
+        jump = self.args.initial_jump  # raised, like initial_sparsity, when the model is already sparser
+        initial = self.initial_sparsity if jump is None else max(float(jump), self.initial_sparsity)
+        return PolynomialSparsity(initial, self.config.sparsity, self.updates.start, self.updates.end)
 
 
 @register_method("oneshot")

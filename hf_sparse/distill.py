@@ -1,0 +1,59 @@
+"""Knowledge distillation from a dense teacher (Hinton et al. 2015; used for sparse BERT by
+Kurtic et al. 2022 and the seed paper): the sparse student matches the teacher's softened logits.
+
+    loss = (1 - alpha) * task_loss + alpha * T**2 * KL(softmax(teacher / T) || softmax(student / T))
+
+The T**2 factor keeps the soft-target gradients on the scale of the task loss when T changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DistillationConfig:
+    """How the student learns from the teacher (defaults: GLUE "hardness" 1.0, T = 2; unverified)."""
+
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T (> 0) for both logits."})
+    alpha: float = field(
+        default=1.0, metadata={"help": "Weight of the distillation term in [0, 1]; 1 - alpha weighs the task loss."}
+    )
+    logits_key: str = field(default="logits", metadata={"help": "Key of the logits in both models' outputs."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise ValueError(f"DistillationConfig.temperature must be a number > 0, got {self.temperature!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise ValueError(f"DistillationConfig.alpha must be a number in [0, 1], got {self.alpha!r}")
+        if not isinstance(self.logits_key, str) or not self.logits_key:
+            raise ValueError(f"DistillationConfig.logits_key must be a non-empty string, got {self.logits_key!r}")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """T**2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over every logit vector.
+
+    Logits of any shape ``(..., classes)`` (sequence classification or per token); computed in
+    fp32 so bf16 autocast does not degrade the softmax.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
+        )
+    classes = student_logits.shape[-1]
+    student = F.log_softmax(student_logits.float().reshape(-1, classes) / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float().reshape(-1, classes) / temperature, dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def distillation_loss(
+    task_loss: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor, config: DistillationConfig
+) -> torch.Tensor:
+    """(1 - alpha) * task_loss + alpha * kd_loss."""
+    soft = kd_loss(student_logits, teacher_logits.to(student_logits.device), config.temperature)
+    if config.alpha >= 1.0:
+        return soft
+    return (1.0 - config.alpha) * task_loss + config.alpha * soft
