@@ -86,12 +86,6 @@ class ACDC(PruningMethod):
 
     def __init__(self, config: "SparsityConfig", targets):
         super().__init__(config, targets)
-        frozen = [t.name for t in targets if not t.param.requires_grad]
-        if frozen:
-            raise ValueError(
-                f"method 'acdc' retrains pruned weights in its dense phases, but {len(frozen)} targets are frozen "
-                f"(requires_grad=False, e.g. a LoRA base), first {frozen[0]!r}. Use gmp or oneshot to prune a frozen base."
-            )
         self.phases: list[tuple[int, bool]] = []
         self._starts: dict[int, bool] = {}
 

@@ -37,6 +37,9 @@ class PruningMethod:
     supports_nm: ClassVar[bool] = True
     #: Whether update steps need the dense gradient of every targeted weight (RigL-style growth).
     needs_gradients: ClassVar[bool] = False
+    #: Whether pruned weights can come back (regrowth, dense phases): frozen targets (a LoRA base)
+    #: cannot retrain them, and their values would not be recoverable from the masks on resume.
+    needs_trainable_targets: ClassVar[bool] = False
 
     # -- validation at the config boundary ----------------------------------------------------
     @classmethod
@@ -58,6 +61,13 @@ class PruningMethod:
 
     # -- life cycle -----------------------------------------------------------------------------
     def __init__(self, config: "SparsityConfig", targets: list[Target]):
+        frozen = [t.name for t in targets if not t.param.requires_grad]
+        if self.needs_trainable_targets and frozen:
+            raise ValueError(
+                f"method {self.name!r} brings pruned weights back, but {len(frozen)} targets are frozen "
+                f"(requires_grad=False, e.g. a LoRA base), first {frozen[0]!r}; "
+                "use gmp, oneshot or constant on a frozen base"
+            )
         self.config = config
         self.args = self.parse_args(config.method_args or {})
         self.targets = targets

@@ -160,6 +160,7 @@ class DropAndGrow(PruningMethod):
 
     Args = DropAndGrowArgs
     supports_nm = False
+    needs_trainable_targets = True  # regrown weights must be able to train
 
     @classmethod
     def validate_config(cls, config: "SparsityConfig") -> None:
