@@ -15,6 +15,7 @@ from transformers import Trainer
 from .callback import SparsityCallback
 from .checkpoint import has_sparsity_state, load_sparsity_state, save_sparsity_state
 from .config import SparsityConfig
+from .registry import get_method_class
 from .sparsifier import Sparsifier
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,13 @@ def _as_config(value: Union[SparsityConfig, dict, str, os.PathLike, None]) -> Sp
     raise TypeError(f"sparsity_config must be a SparsityConfig, dict or JSON path, got {type(value).__name__}")
 
 
+def _ignores_loss_kwargs(model: Any) -> bool:
+    """Models whose forward takes ``**kwargs`` but ignores ``num_items_in_batch`` (transformers 5.24)."""
+    from transformers import ResNetForImageClassification
+
+    return isinstance(model, ResNetForImageClassification)
+
+
 class SparseTrainer(Trainer):
     """``Trainer(...)`` plus ``sparsity_config=SparsityConfig(...)``; ``trainer.masks`` holds the masks."""
 
@@ -42,6 +50,10 @@ class SparseTrainer(Trainer):
         if self.model is None:
             raise ValueError("SparseTrainer needs a model (model_init is not supported)")
         self.sparsity_config = _as_config(sparsity_config)
+        if _ignores_loss_kwargs(self.model):  # else its gradients are GA times too large
+            self.model_accepts_loss_kwargs = False
+        for callback in get_method_class(self.sparsity_config.method).prepare_model(self.model, self.sparsity_config):
+            self.add_callback(callback)
         self.sparsifier = Sparsifier(self.model, self.sparsity_config)
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
 
