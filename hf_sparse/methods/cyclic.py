@@ -102,15 +102,18 @@ class Cyclic(PruningMethod):
         if grads is None:
             raise ValueError(f"method {self.name!r} grows by gradient: update_masks needs dense grads")
         if step <= self.cycle_end and self.args.cycles > 0:
-            return self._follow_curve(step, weights, masks, grads)
+            return self._move_to(self.curve(step), weights, masks, grads)
+        total = sum(m.numel() for m in masks.values())
+        if sum(int(m.sum()) for m in masks.values()) != int(round(self.curve.d_min * total)):
+            # the cycle window ended between update steps: settle at d_min first
+            return self._move_to(self.curve.d_min, weights, masks, grads)
         span = max(1, self.updates.end - self.cycle_end)
         fraction = cosine_drop_fraction(self.args.drop_fraction, step - self.cycle_end, span)
         new, swapped = drop_and_grow(weights, masks, grads, fraction)
         self._logs = {"regrown": float(swapped)}
         return new
 
-    def _follow_curve(self, step, weights, masks, grads) -> Masks:
-        density = self.curve(step)
+    def _move_to(self, density: float, weights, masks, grads) -> Masks:
         current = 1.0 - overall_sparsity(masks)
         if density < current:  # falling: prune by magnitude among the kept weights
             scores = {name: masked_scores(w.detach().abs().float(), masks[name]) for name, w in weights.items()}
