@@ -22,6 +22,14 @@ from conftest import PairDataset, tiny_bert, training_args
 METHOD_ROWS: dict[str, dict] = {
     "gmp": dict(sparsity=0.75, initial_sparsity=0.25, start=2, end=8, update_every=2),
     "oneshot": dict(sparsity=0.75, start=2),
+    "set": dict(sparsity=0.75, start=2, end=8, update_every=2),
+    "rigl": dict(sparsity=0.75, start=2, end=8, update_every=2),
+    "dst_ee": dict(sparsity=0.75, start=2, end=8, update_every=2),
+    "cyclic": dict(sparsity=0.75, end=10, update_every=2, method_args={"ratio": 2.0, "cycles": 1, "cycle_fraction": 0.6}),
+    "east": dict(
+        sparsity=0.75, end=10, update_every=2,
+        method_args={"ratio": 2.0, "cycles": 1, "cycle_fraction": 0.6, "dyrelu": False, "weight_sharing": False},
+    ),
 }
 ALLOCATIONS = ["uniform", "global", "erk"]
 PATTERNS = ["unstructured", "2:4"]

@@ -2,7 +2,8 @@
 
 from .base import PruningMethod
 from .cyclic import Cyclic
+from .drop_and_grow import DSTEE, SET, DropAndGrow, RigL
 from .east import EAST
 from .gmp import GMP, OneShot
 
-__all__ = ["EAST", "Cyclic", "GMP", "OneShot", "PruningMethod"]
+__all__ = ["DSTEE", "DropAndGrow", "EAST", "Cyclic", "GMP", "OneShot", "PruningMethod", "RigL", "SET"]

@@ -21,7 +21,7 @@ import torch
 from ..masks import masked_scores, overall_sparsity
 from ..registry import register_method
 from .base import Masks, PruningMethod
-from .drop_and_grow_core import cosine_drop_fraction, drop_and_grow
+from .drop_and_grow import drop_and_grow_mask, drop_fraction_at
 
 
 @dataclass
@@ -107,10 +107,21 @@ class Cyclic(PruningMethod):
         if sum(int(m.sum()) for m in masks.values()) != int(round(self.curve.d_min * total)):
             # the cycle window ended between update steps: settle at d_min first
             return self._move_to(self.curve.d_min, weights, masks, grads)
-        span = max(1, self.updates.end - self.cycle_end)
-        fraction = cosine_drop_fraction(self.args.drop_fraction, step - self.cycle_end, span)
-        new, swapped = drop_and_grow(weights, masks, grads, fraction)
-        self._logs = {"regrown": float(swapped)}
+        return self._drop_and_grow(step, weights, masks, grads)
+
+    def _drop_and_grow(self, step, weights, masks, grads) -> Masks:
+        """RigL at constant density, drop fraction cosine-decayed from the cycles' end to ``end``."""
+        fraction = drop_fraction_at(step, self.cycle_end, self.updates.end, self.args.drop_fraction, "cosine")
+        new: Masks = {}
+        regrown = 0
+        for name, mask in masks.items():
+            n_active = int(mask.sum())
+            k = min(int(round(fraction * n_active)), mask.numel() - n_active)
+            new[name], _, grown = drop_and_grow_mask(
+                mask, weights[name].detach().abs(), grads[name].detach().abs(), k, k
+            )
+            regrown += int(grown.sum())
+        self._logs = {"regrown": float(regrown)}
         return new
 
     def _move_to(self, density: float, weights, masks, grads) -> Masks:
