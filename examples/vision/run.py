@@ -2,7 +2,7 @@
 """Sparse image classification with SparseTrainer (like transformers' run_image_classification.py).
 
 Offline default (a few minutes on a CPU): scikit-learn's real handwritten digits (1,797 8x8 scans)
-upscaled to 32x32 RGB, a small transformers ResNet from scratch, EAST at 90% sparsity::
+upscaled to 16x16 RGB, a small transformers ResNet from scratch, EAST at 90% sparsity::
 
     python examples/vision/run.py --output_dir out/vision
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
@@ -54,7 +54,7 @@ class ModelArguments:
         default="resnet_tiny",
         metadata={"help": f"Hub id / local folder, or a from-scratch architecture: {sorted(RESNETS)} or timm:<name>."},
     )
-    image_size: int = field(default=32, metadata={"help": "Side of the (square) training images."})
+    image_size: int = field(default=16, metadata={"help": "Side of the (square) training images."})
 
 
 @dataclass
@@ -182,7 +182,7 @@ def compute_metrics(prediction) -> dict:
 
 
 TRAINING_DEFAULTS = dict(
-    output_dir="out/vision", num_train_epochs=4, per_device_train_batch_size=64, per_device_eval_batch_size=128,
+    output_dir="out/vision", num_train_epochs=3, per_device_train_batch_size=64, per_device_eval_batch_size=128,
     learning_rate=0.05, optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, max_grad_norm=1.0,
     eval_strategy="epoch", save_strategy="no", logging_steps=10, report_to=[], remove_unused_columns=False,
     dataloader_num_workers=0,

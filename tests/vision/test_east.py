@@ -200,3 +200,23 @@ def test_tricks_reject_non_resnets(tmp_path):
         install_dyrelu(tiny_bert())
     with pytest.raises(ValueError, match="ResNet"):
         SparseTrainer(model=tiny_bert(), args=training_args(tmp_path), sparsity_config=SparsityConfig(method="east"))
+
+
+@pytest.mark.slow
+def test_east_resume_is_bitwise_equal(tmp_path):
+    """Checkpoints hold the DyReLU and sharing parameters; resuming rebuilds them and continues exactly."""
+
+    def trainer_for(out, **overrides):
+        config = SparsityConfig(method="east", sparsity=0.9, allocation="erk", update_every=2, end=6)
+        args = training_args(out, max_steps=8, per_device_train_batch_size=4, **overrides)
+        return SparseTrainer(model=tiny_hf_resnet(), args=args, train_dataset=TinyImages(n=32), sparsity_config=config)
+
+    full = trainer_for(tmp_path / "full", save_strategy="steps", save_steps=4)
+    full.train()
+    resumed = trainer_for(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    for name, mask in full.masks.items():
+        assert torch.equal(mask, resumed.masks[name]), name
+    reference = resumed.model.state_dict()
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
