@@ -53,3 +53,26 @@ def test_example_trains_saves_and_serves(tmp_path):
     classify = pipeline("image-classification", model=out, device="cpu")
     result = classify(run_digits[0]["image"])
     assert result[0]["label"] in [str(i) for i in range(10)]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_example_under_accelerate_launch_two_ranks(tmp_path):
+    """Two CPU ranks (gloo) with EAST on: DyReLU at beta 0 and shared convs must not break DDP."""
+    import subprocess
+
+    out = str(tmp_path / "out")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29467",
+        os.path.join(ROOT, "examples", "vision", "run.py"), "--output_dir", out, "--use_cpu", "true",
+        "--ddp_find_unused_parameters", "false", "--max_train_samples", "64", "--max_eval_samples", "16",
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--update_every", "2",
+        "--disable_tqdm", "true", "--eval_strategy", "no",
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(out, "vision_results.json")))
+    assert metrics["world_size"] == 2
+    assert abs(metrics["mask_sparsity"] - metrics["target_sparsity"]) < 1e-3

@@ -108,3 +108,24 @@ def test_gradient_accumulation_does_not_scale_resnet_gradients(tmp_path):
 
     ratio = first_grad_norm(2, 8) / first_grad_norm(1, 16)
     assert 0.7 < ratio < 1.4, ratio  # the bug gives ~2
+
+
+@pytest.mark.slow
+def test_every_method_trains_a_resnet(tmp_path):
+    """Each registered method (its matrix row) keeps a ResNet exactly at its target sparsity."""
+    from hf_sparse import available_methods
+
+    from test_methods_common import make_config
+
+    for method in available_methods():
+        trainer = SparseTrainer(
+            model=tiny_hf_resnet(), args=training_args(tmp_path / method, per_device_train_batch_size=4),
+            train_dataset=TinyImages(n=24), sparsity_config=make_config(method),
+        )
+        trainer.train()
+        params = dict(trainer.model.named_parameters())
+        kept = sum(int(m.sum()) for m in trainer.masks.values())
+        total = sum(m.numel() for m in trainer.masks.values())
+        assert abs((1 - kept / total) - trainer.sparsifier.target_sparsity()) <= len(trainer.masks) / total, method
+        for name, mask in trainer.masks.items():
+            assert torch.all(params[name][~mask] == 0), (method, name)
