@@ -83,8 +83,8 @@ def drop_and_grow_mask(
         raise ValueError(f"n_drop={n_drop} outside [0, {n_active}] (active weights)")
     if not 0 <= n_grow <= n_inactive:
         raise ValueError(f"n_grow={n_grow} outside [0, {n_inactive}] (inactive weights)")
-    # Keep the highest -score among active entries (inactive ones never kept); grow among inactive.
-    keep = topk_mask((-drop_scores.float()).masked_fill(~mask, float("-inf")), n_active - n_drop)
+    # Keep the highest-scored active entries (inactive ones at -inf are never kept); grow among inactive.
+    keep = topk_mask(drop_scores.float().masked_fill(~mask, float("-inf")), n_active - n_drop)
     keep &= mask
     grown = topk_mask(grow_scores.float().masked_fill(mask, float("-inf")), n_grow) & ~mask
     return keep | grown, mask & ~keep, grown
@@ -221,11 +221,7 @@ class DropAndGrow(PruningMethod):
         masks: Masks,
         grads: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> Masks:
-        if self.needs_gradients and grads is None:
-            raise ValueError(
-                f"method {self.name!r} grows by gradient: pass the dense gradients "
-                "(Sparsifier.prepare_gradients(step) before clipping and optimizer.step())"
-            )
+        self._require_gradients(grads)
         counts = self.layer_counts(step, masks)
         new: Masks = {}
         regrown = 0
@@ -249,6 +245,13 @@ class DropAndGrow(PruningMethod):
 
     def update_logs(self) -> dict[str, float]:
         return dict(self.last_logs)
+
+    def _require_gradients(self, grads: Optional[Mapping[str, torch.Tensor]]) -> None:
+        if self.needs_gradients and grads is None:
+            raise ValueError(
+                f"method {self.name!r} grows by gradient: pass the dense gradients "
+                "(Sparsifier.prepare_gradients(step) before clipping and optimizer.step())"
+            )
 
 
 @register_method("set")
@@ -289,6 +292,7 @@ class DSTEE(DropAndGrow):
         self.rounds = 0
 
     def update_masks(self, step, weights, masks, grads=None):
+        self._require_gradients(grads)
         # The interval that ends now ran with ``masks``: count it before scoring.
         self.rounds += 1
         for name, mask in masks.items():
