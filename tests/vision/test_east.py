@@ -220,3 +220,24 @@ def test_east_resume_is_bitwise_equal(tmp_path):
     reference = resumed.model.state_dict()
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+def test_cyclic_drop_and_grow_phase_drops_smallest_weights():
+    torch.manual_seed(0)
+    model = TinyMLP()
+    config = SparsityConfig(
+        method="cyclic", sparsity=0.75, update_every=1, end=10, method_args={"cycles": 1, "cycle_fraction": 0.5}
+    )
+    method = Cyclic(config, find_targets(model, ignore=["out"]))
+    method.setup(10)  # cycles over steps 0..5, drop-and-grow at 6..10
+    weights = {t.name: t.param.detach() for t in method.targets}
+    masks = method.init_masks(weights, {})
+    grads = {n: torch.randn(w.shape, generator=torch.Generator().manual_seed(5)) for n, w in weights.items()}
+    new = method.update_masks(6, weights, masks, grads)
+    for name, mask in masks.items():
+        assert int(new[name].sum()) == int(mask.sum())  # constant density
+        dropped, stayed = mask & ~new[name], mask & new[name]
+        assert dropped.any()
+        assert weights[name].abs()[dropped].max() <= weights[name].abs()[stayed].min()
+        grown = new[name] & ~mask
+        assert grads[name].abs()[grown].min() >= grads[name].abs()[~mask & ~grown].max()
