@@ -13,7 +13,7 @@ import torch
 
 # Below this many scores an exact selection over everything is fast enough.
 _EXACT_SELECTION_LIMIT = 4_000_000
-_SAMPLE_SIZE = 1_000_000
+_SAMPLE_SIZE = 262_144
 
 
 def topk_mask(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -50,15 +50,16 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, in_dim: int = 1) -> torch.Tens
 def kth_largest(scores: Sequence[torch.Tensor], k: int) -> torch.Tensor:
     """The ``k``-th largest value over several tensors, exactly.
 
-    A full sort of 100M values takes seconds on a CPU; instead bound the value from a seeded
-    sample, count once, and select exactly inside the narrow band that must contain it.
+    A full selection over 100M values takes seconds on a CPU. Instead: bound the value from a
+    seeded sample, keep only the smaller side of that bound (one comparison pass), and select
+    exactly inside it. Falls back to the full selection if the sample's bounds miss.
     """
     flats = [s.reshape(-1) for s in scores]
     total = sum(f.numel() for f in flats)
     if not 1 <= k <= total:
         raise ValueError(f"k={k} outside [1, {total}]")
     if total <= _EXACT_SELECTION_LIMIT:
-        return torch.topk(torch.cat(flats), k, sorted=True).values[-1]
+        return _exact_kth_largest(flats, k)
     generator = torch.Generator(device="cpu").manual_seed(0)
     sample = torch.cat(
         [
@@ -68,30 +69,50 @@ def kth_largest(scores: Sequence[torch.Tensor], k: int) -> torch.Tensor:
     ).sort(descending=True).values
     size = sample.numel()
     p = k / total
-    rank = p * size
     margin = 6.0 * math.sqrt(size * p * (1 - p)) + 16
-    hi_rank, lo_rank = int(rank - margin), int(math.ceil(rank + margin))
-    hi = sample[hi_rank] if hi_rank >= 0 else None
-    lo = sample[lo_rank] if lo_rank < size else None
-    above = sum(int((f > hi).sum()) for f in flats) if hi is not None else 0
-    band = []
-    for f in flats:
-        inside = f >= lo if lo is not None else torch.ones_like(f, dtype=torch.bool)
-        if hi is not None:
-            inside &= f <= hi
-        band.append(f[inside])
-    band_values = torch.cat(band)
-    need = k - above
-    if need < 1 or need > band_values.numel():  # the sample missed (vanishingly rare): be exact
-        return torch.topk(torch.cat(flats), k, sorted=True).values[-1]
-    return torch.topk(band_values, need, sorted=True).values[-1]
+    if k <= total // 2:  # few are kept: gather everything above a safe lower bound
+        bound_rank = int(math.ceil(p * size + margin))
+        if bound_rank >= size:
+            return _exact_kth_largest(flats, k)
+        top = torch.cat([f[f >= sample[bound_rank]] for f in flats])
+        if top.numel() < k:
+            return _exact_kth_largest(flats, k)
+        upper_rank = int(p * size - margin)
+        if upper_rank >= 0:  # narrow again from above: the answer lies in a thin band
+            upper = sample[upper_rank]
+            need = k - int(torch.count_nonzero(top > upper))
+            band = top[top <= upper]
+            if 1 <= need <= band.numel():
+                return _exact_kth_largest([band], need)
+        return _exact_kth_largest([top], k)
+    # few are dropped: gather everything below a safe upper bound, count from the bottom
+    j = total - k + 1  # the answer is the j-th smallest
+    bound_rank = int(p * size - margin)
+    if bound_rank < 0:
+        return _exact_kth_largest(flats, k)
+    bottom = torch.cat([f[f <= sample[bound_rank]] for f in flats])
+    if bottom.numel() < j:
+        return _exact_kth_largest(flats, k)
+    lower_rank = int(math.ceil(p * size + margin))
+    if lower_rank < size:  # narrow again from below
+        lower = sample[lower_rank]
+        need = j - int(torch.count_nonzero(bottom < lower))
+        band = bottom[bottom >= lower]
+        if 1 <= need <= band.numel():
+            return _exact_kth_largest([band], band.numel() - need + 1)
+    return _exact_kth_largest([bottom], bottom.numel() - j + 1)
+
+
+def _exact_kth_largest(flats: Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    everything = torch.cat(list(flats))
+    return torch.kthvalue(everything.float(), everything.numel() - k + 1).values.to(everything.dtype)
 
 
 def threshold_masks(scores: Mapping[str, torch.Tensor], n_keep: int) -> dict[str, torch.Tensor]:
     """Keep exactly the ``n_keep`` largest scores across all tensors (global magnitude).
 
-    Entries above the threshold are kept; ties at the threshold are kept in tensor order
-    until the count is exact, so every rank computing this from equal scores agrees.
+    Entries at or above the threshold are kept; surplus ties at the threshold are dropped from
+    the last tensors first, so every rank computing this from equal scores agrees.
     """
     total = sum(s.numel() for s in scores.values())
     if n_keep >= total:
@@ -99,28 +120,28 @@ def threshold_masks(scores: Mapping[str, torch.Tensor], n_keep: int) -> dict[str
     if n_keep <= 0:
         return {name: torch.zeros_like(s, dtype=torch.bool) for name, s in scores.items()}
     threshold = kth_largest(list(scores.values()), n_keep)
-    masks = {name: s > threshold for name, s in scores.items()}
-    ties_left = n_keep - sum(int(m.sum()) for m in masks.values())
-    for name, s in scores.items():
-        if ties_left <= 0:
+    masks = {name: s >= threshold for name, s in scores.items()}
+    surplus = sum(int(torch.count_nonzero(m)) for m in masks.values()) - n_keep
+    for name in reversed(list(scores)):
+        if surplus <= 0:
             break
-        ties = (s == threshold).reshape(-1)
-        positions = ties.nonzero().squeeze(1)[:ties_left]
-        masks[name].view(-1)[positions] = True
-        ties_left -= positions.numel()
+        ties = (scores[name] == threshold).reshape(-1).nonzero().squeeze(1)
+        drop = ties[max(0, ties.numel() - surplus):]
+        masks[name].view(-1)[drop] = False
+        surplus -= drop.numel()
     return masks
 
 
 def masked_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scores with pruned entries at -inf, so pruning never brings a weight back."""
-    return scores.masked_fill(~mask, float("-inf"))
+    return torch.where(mask, scores, float("-inf"))
 
 
 def sparsity(mask: torch.Tensor) -> float:
-    return 1.0 - int(mask.sum()) / max(mask.numel(), 1)
+    return 1.0 - int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
 
 
 def overall_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
     total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
+    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
     return 1.0 - kept / max(total, 1)

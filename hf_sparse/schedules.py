@@ -42,10 +42,10 @@ class PolynomialSparsity:
     power: float = 3.0
 
     def __call__(self, step: int) -> float:
-        if step < self.start:
-            return self.initial
         if step >= self.end:
             return self.final
+        if step <= self.start:
+            return self.initial
         progress = (step - self.start) / (self.end - self.start)
         return self.final + (self.initial - self.final) * (1.0 - progress) ** self.power
 

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .peft_layout import base_prefix, canonical_name, skipped_module_ids
+
 try:  # GPT-2 style transposed Linear
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover
@@ -87,15 +89,17 @@ def find_targets(
     seen: set[int] = set()
     unsupported: list[str] = []
     prefix_of = {id(p): n for n, p in model.named_parameters()}
+    skipped, prefix = skipped_module_ids(model), base_prefix(model)
     for module_name, module in model.named_modules():
-        if not module_name:
+        if not module_name or id(module) in skipped:
             continue
+        match_name = canonical_name(module_name, prefix)
         if target_res is not None:
-            if not any(r.search(module_name) for r in target_res):
+            if not any(r.search(match_name) for r in target_res):
                 continue
-        elif id(module) in head_ids or any(r.search(module_name) for r in default_ignore):
+        elif id(module) in head_ids or any(r.search(match_name) for r in default_ignore):
             continue
-        if any(r.search(module_name) for r in ignore_res):
+        if any(r.search(match_name) for r in ignore_res):
             continue
         if not isinstance(module, SUPPORTED_MODULES):
             if target_res is not None and isinstance(getattr(module, "weight", None), nn.Parameter):

@@ -15,8 +15,13 @@ from transformers import Trainer
 from .callback import SparsityCallback
 from .checkpoint import has_sparsity_state, load_sparsity_state, save_sparsity_state
 from .config import SparsityConfig
+from .export import annotate_checkpoint
+from .peft_layout import is_peft_model
+from .peft_sparsifier import PeftSparsifier
 from .registry import get_method_class
+from .sparse_format import WEIGHTS_PATTERN
 from .sparsifier import Sparsifier
+from .st_files import weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +50,34 @@ def _ignores_loss_kwargs(model: Any) -> bool:
 class SparseTrainer(Trainer):
     """``Trainer(...)`` plus ``sparsity_config=SparsityConfig(...)``; ``trainer.masks`` holds the masks."""
 
-    def __init__(self, *args: Any, sparsity_config: Union[SparsityConfig, dict, str, None] = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        sparsity_config: Union[SparsityConfig, dict, str, None] = None,
+        base_masks: Any = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        if getattr(self, "is_fsdp_enabled", False):
+            raise ValueError(
+                "SparseTrainer does not support FSDP (TrainingArguments.fsdp / an accelerate FSDP config): "
+                "masks on sharded parameters are not supported. Use DDP instead "
+                "(accelerate launch --num_processes N without an FSDP config)."
+            )
         if self.model is None:
             raise ValueError("SparseTrainer needs a model (model_init is not supported)")
-        self.sparsity_config = _as_config(sparsity_config)
         if _ignores_loss_kwargs(self.model):  # else its gradients are GA times too large
             self.model_accepts_loss_kwargs = False
-        for callback in get_method_class(self.sparsity_config.method).prepare_model(self.model, self.sparsity_config):
-            self.add_callback(callback)
-        self.sparsifier = Sparsifier(self.model, self.sparsity_config)
+        if base_masks is not None or is_peft_model(self.model):
+            # A sparse base (LoRA): keep its masks; sparsity_config=None prunes nothing more (see lora.py).
+            self.sparsity_config = None if sparsity_config is None else _as_config(sparsity_config)
+            self.sparsifier = PeftSparsifier(self.model, self.sparsity_config, base_masks)
+        else:
+            self.sparsity_config = _as_config(sparsity_config)
+            method_class = get_method_class(self.sparsity_config.method)
+            for callback in method_class.prepare_model(self.model, self.sparsity_config):
+                self.add_callback(callback)
+            self.sparsifier = Sparsifier(self.model, self.sparsity_config)
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
 
     @property
@@ -86,8 +109,59 @@ class SparseTrainer(Trainer):
         if not self.args.should_save:
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.sparsity_config.save_pretrained(output_dir)
-        save_sparsity_state(output_dir, self.sparsifier.state_dict(), self.sparsity_config.to_dict())
+        config = self.sparsity_config.to_dict() if self.sparsity_config is not None else {}
+        if self.sparsity_config is not None:
+            self.sparsity_config.save_pretrained(output_dir)
+        save_sparsity_state(output_dir, self.sparsifier.state_dict(), config)
+        if weight_files(output_dir, WEIGHTS_PATTERN):  # header metadata + sparse_masks.safetensors (hf_sparse.save_sparse's dense layout)
+            annotate_checkpoint(output_dir, self.sparsifier.masks, self.sparsity_config)
+
+    # -- model card and Hub (hf_sparse.model_card / hf_sparse.hub) ------------------------------
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+        """Write the sparse model card (README.md + PNG plots) into ``args.output_dir``."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import write_model_card
+
+        write_model_card(
+            self.args.output_dir,
+            **self._card_kwargs(model_name=model_name, base_model=finetuned_from, datasets=dataset or dataset_tags,
+                                tags=tags, language=language, license=license),
+        )
+
+    def _card_kwargs(self, **given: Any) -> dict:
+        evals = {}
+        for entry in self.state.log_history:  # the latest value of each eval metric
+            evals.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        name_or_path = getattr(getattr(self.model, "config", None), "_name_or_path", "") or None
+        if given.get("base_model") is None and name_or_path and not os.path.isdir(name_or_path):
+            given["base_model"] = name_or_path
+        return dict(masks=self.sparsifier.masks, sparsity_config=self.sparsity_config,
+                    log_history=self.state.log_history, eval_results=evals or None, **given)
+
+    def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True,
+                    token: Optional[str] = None, revision: Optional[str] = None, private: Optional[bool] = None,
+                    compressed: Union[bool, str, None] = None, **kwargs):
+        """``Trainer.push_to_hub`` (folder + sparse card + plots); ``compressed=True`` or
+        ``"compressed-tensors"`` uploads that layout instead, converted in a temporary copy."""
+        if compressed is None:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, token=token,
+                                       revision=revision, private=private, **kwargs)
+        from .hub import push_to_hub
+
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        card = self._card_kwargs(model_name=kwargs.get("model_name"), base_model=kwargs.get("finetuned_from"),
+                                 datasets=kwargs.get("dataset"), tags=kwargs.get("tags"))
+        card.pop("sparsity_config")
+        return push_to_hub(self.args.output_dir, self.hub_model_id, compressed=compressed, private=private,
+                           token=token or self.args.hub_token, commit_message=commit_message, revision=revision,
+                           config=self.sparsity_config, **card)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -105,7 +179,7 @@ class SparseTrainer(Trainer):
                 "and train without resume_from_checkpoint."
             )
         state, saved_config = load_sparsity_state(checkpoint)
-        current = self.sparsity_config.to_dict()
+        current = self.sparsity_config.to_dict() if self.sparsity_config is not None else {}
         differing = sorted(k for k in current if k in saved_config and saved_config[k] != current[k])
         if differing:
             logger.warning("resuming with a sparsity config that differs from the checkpoint's in %s", differing)

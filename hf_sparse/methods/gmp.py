@@ -34,7 +34,7 @@ class MagnitudePruning(PruningMethod):
         masks: Masks,
         grads: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> Masks:
-        scores = {name: masked_scores(w.detach().abs().float(), masks[name]) for name, w in weights.items()}
+        scores = {name: masked_scores(w.detach().abs(), masks[name]) for name, w in weights.items()}
         sparsity = self.sparsity_schedule()(step)
         new = self.allocation.masks(scores, sparsity, nm=self.config.nm)
         return {name: new[name] & masks[name] for name in masks}

