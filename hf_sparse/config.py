@@ -17,6 +17,7 @@ from .io_utils import atomic_write_text
 
 CONFIG_NAME = "sparsity_config.json"
 ALLOCATIONS = ("uniform", "global", "erk")
+INITIAL_MASKS = ("auto", "dense", "zeros", "metadata")
 _NM_RE = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -61,6 +62,14 @@ class SparsityConfig:
         default=None, metadata={"help": "Method-specific options as a dict or JSON string; validated by the method."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the sparsity generator (random masks, random growth)."})
+    initial_masks: str = field(
+        default="auto",
+        metadata={
+            "help": "Masks at the start of a fresh run: 'auto' (hf_sparse metadata of the model if any, else its "
+            "exact zeros when at least 1 percent of targeted weights are zero, else dense), 'zeros', 'metadata' or 'dense'. "
+            "Pruned weights never regrow unless the method grows by design."
+        },
+    )
     sync_masks: bool = field(
         default=True, metadata={"help": "Broadcast masks from rank 0 after each update (a no-op on one process)."}
     )
@@ -92,6 +101,8 @@ class SparsityConfig:
                 raise ValueError(f"{name} must be >= 0 (a fraction in [0, 1] or a step), got {value}")
         if self.is_step(self.start) == self.is_step(self.end) and self.start > self.end:
             raise ValueError(f"start ({self.start}) must not be after end ({self.end})")
+        if self.initial_masks not in INITIAL_MASKS:
+            raise ValueError(f"initial_masks must be one of {INITIAL_MASKS}, got {self.initial_masks!r}")
         if self.update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {self.update_every}")
         for name in ("targets", "ignore"):

@@ -19,6 +19,7 @@ from torch import nn
 
 from . import distributed
 from .config import SparsityConfig
+from .existing_masks import ExistingMasks, log_masks, read_masks
 from .masks import overall_sparsity
 from .optim_state import zero_state_where
 from .registry import get_method_class
@@ -47,6 +48,8 @@ class Sparsifier:
         self._dense_grads: Optional[dict[str, torch.Tensor]] = None
         self._sparsity = 0.0
         self.last_update_logs: dict[str, float] = {}
+        # Masks the model already carries (hf_sparse metadata), read only if a fresh run asks for them.
+        self._read_metadata = lambda: read_masks(model)
 
     # -- views ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -65,6 +68,9 @@ class Sparsifier:
         """Resolve the schedule; on a fresh run, build the initial masks (step 0)."""
         self.method.setup(total_steps)
         if not self.started:
+            start, source = self.method.starting_masks(ExistingMasks(self.weights(), self._read_metadata))
+            log_masks(start, source, f"{self.config.method}")
+            self._set_masks(start, optimizer=None)
             self._set_masks(self.method.init_masks(self.weights(), self.masks), optimizer=None)
             self.started = True
         self.apply_masks()

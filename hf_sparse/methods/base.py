@@ -19,6 +19,7 @@ from ..targets import Target
 
 if TYPE_CHECKING:
     from ..config import SparsityConfig
+    from ..existing_masks import ExistingMasks
 
 Masks = dict[str, torch.Tensor]
 
@@ -86,6 +87,14 @@ class PruningMethod:
     def target_sparsity(self, step: int) -> float:
         """The overall sparsity this method aims at after ``step`` (for logs)."""
         return self.config.sparsity
+
+    def starting_masks(self, existing: "ExistingMasks") -> tuple[Masks, str]:
+        """Masks a fresh run starts from (before ``init_masks``) and their source, for the log.
+
+        Default: ``config.initial_masks`` (an already sparse model stays sparse); a method that
+        must keep exactly what the model has (``constant``) overrides it.
+        """
+        return existing.resolve(self.config.initial_masks)
 
     def init_masks(self, weights: Mapping[str, torch.Tensor], masks: Masks) -> Masks:
         """Masks at the start of training (step 0, before any optimizer step)."""

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
-from ..masks import topk_mask
+from ..masks import overall_sparsity, topk_mask
 from ..registry import register_method
 from .base import Masks, PruningMethod
 
@@ -200,7 +200,20 @@ class DropAndGrow(PruningMethod):
 
     # -- life cycle ----------------------------------------------------------------------------
     def init_masks(self, weights: Mapping[str, torch.Tensor], masks: Masks) -> Masks:
-        """Masks at ``sparsity`` with the allocation's per-layer counts (random or by magnitude)."""
+        """Masks at ``sparsity`` with the allocation's per-layer counts (random or by magnitude).
+
+        A model that is already sparse (the engine passes its existing masks) keeps them: density
+        stays where it is and only the connectivity changes from then on.
+        """
+        if not all(bool(m.all()) for m in masks.values()):
+            current = overall_sparsity(masks)
+            logger.info("%s: starting from the model's existing masks (sparsity %.4f)", self.name, current)
+            if abs(current - self.config.sparsity) > 1e-3:
+                logger.warning(
+                    "%s: the model is already %.2f%% sparse; keeping that density instead of sparsity=%s",
+                    self.name, 100 * current, self.config.sparsity,
+                )
+            return masks
         magnitudes = {name: w.detach().abs().float() for name, w in weights.items()}
         counts = self.allocation.keep_counts(self.config.sparsity, magnitudes if self.allocation.kind == "global" else None)
         new = {}

@@ -2,29 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import logging
+from typing import Any, Mapping, Optional
 
 import torch
 
-from ..masks import masked_scores
+from ..masks import masked_scores, overall_sparsity
 from ..registry import register_method
 from ..schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
 from .base import Masks, PruningMethod
 
+logger = logging.getLogger(__name__)
+
 
 class MagnitudePruning(PruningMethod):
-    """Prune the smallest |w| to the schedule's sparsity; pruned weights never come back."""
+    """Prune the smallest |w| to the schedule's sparsity; pruned weights never come back.
+
+    Starting masks that are already sparse (an already sparse model) are kept, and the schedule
+    continues from their sparsity: ``initial_sparsity`` is raised to it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.initial_sparsity = self.config.initial_sparsity  # raised when continuing from sparse masks
+        self.start_sparsity = 0.0  # sparsity of the masks training starts from
 
     def sparsity_schedule(self):
         raise NotImplementedError
 
     def target_sparsity(self, step: int) -> float:
         if self.updates is None:
-            return self.config.initial_sparsity
+            return self.initial_sparsity
         last = self.updates.last_before(step)
-        return self.sparsity_schedule()(last) if last is not None else 0.0
+        return self.sparsity_schedule()(last) if last is not None else self.start_sparsity
 
     def init_masks(self, weights: Mapping[str, torch.Tensor], masks: Masks) -> Masks:
+        self.start_sparsity = overall_sparsity(masks)
+        if self.start_sparsity > self.initial_sparsity:
+            if self.start_sparsity > self.config.sparsity:
+                logger.warning(
+                    "%s: the model is already %.2f%% sparse, above sparsity=%.2f%%; pruned weights are not "
+                    "regrown, so it stays at %.2f%%", self.name, 100 * self.start_sparsity,
+                    100 * self.config.sparsity, 100 * self.start_sparsity,
+                )
+            self.initial_sparsity = min(self.start_sparsity, self.config.sparsity)
+            logger.info(
+                "%s: continuing from the current sparsity %.2f%% to %.2f%%", self.name,
+                100 * self.start_sparsity, 100 * self.config.sparsity,
+            )
         return self.update_masks(0, weights, masks) if self.is_update_step(0) else masks
 
     def update_masks(
@@ -39,6 +64,14 @@ class MagnitudePruning(PruningMethod):
         new = self.allocation.masks(scores, sparsity, nm=self.config.nm)
         return {name: new[name] & masks[name] for name in masks}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "initial_sparsity": self.initial_sparsity, "start_sparsity": self.start_sparsity}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.initial_sparsity = float(state.get("initial_sparsity", self.config.initial_sparsity))
+        self.start_sparsity = float(state.get("start_sparsity", 0.0))
+
 
 @register_method("gmp")
 class GMP(MagnitudePruning):
@@ -50,9 +83,7 @@ class GMP(MagnitudePruning):
 
     def sparsity_schedule(self) -> PolynomialSparsity:
         assert self.updates is not None, "setup() first"
-        return PolynomialSparsity(
-            self.config.initial_sparsity, self.config.sparsity, self.updates.start, self.updates.end
-        )
+        return PolynomialSparsity(self.initial_sparsity, self.config.sparsity, self.updates.start, self.updates.end)
 
 
 @register_method("oneshot")

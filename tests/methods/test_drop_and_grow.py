@@ -304,3 +304,25 @@ def test_dense_gradient_survives_masking_accumulation_and_clipping(tmp_path):
         assert expected[~captured["masks"][name]].abs().sum() > 0  # pruned weights do get a gradient
         assert expected.norm() > 1e-2  # far above the clip norm: clipping first would show
         assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.parametrize("method", ["set", "rigl", "dst_ee"])
+def test_already_sparse_model_keeps_its_masks_and_density(method):
+    from hf_sparse import Sparsifier
+
+    model = _model()
+    with torch.no_grad():
+        for target in find_targets(model):
+            weight = target.param
+            weight.masked_fill_(weight.abs() < weight.abs().flatten().kthvalue(weight.numel() * 6 // 10).values, 0)
+    zeros = {t.name: t.param.detach() != 0 for t in find_targets(model)}
+    sparsifier = Sparsifier(model, SparsityConfig(method=method, sparsity=0.9, start=1, end=8, update_every=1))
+    sparsifier.begin(total_steps=10)
+    assert all(torch.equal(sparsifier.masks[n], m) for n, m in zeros.items())
+    for p in sparsifier.params.values():
+        p.grad = torch.randn_like(p)
+    sparsifier.prepare_gradients(1)
+    sparsifier.after_optimizer_step(1)
+    for name, mask in sparsifier.masks.items():
+        assert int(mask.sum()) == int(zeros[name].sum())  # density kept per layer
+    assert any(not torch.equal(sparsifier.masks[n], m) for n, m in zeros.items())  # connectivity moved
