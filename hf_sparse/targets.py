@@ -30,6 +30,7 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     r"^timm_model\.fc$",
     r"^fc$",
     r"^timm_model\.conv1$",
+    r"^(timm_model\.)?conv1\.\d+$",  # timm deep stems (resnet*d): conv1.0, conv1.3, conv1.6
     r"^conv1$",
     r"(^|\.)embedder\.embedder\.convolution$",
     r"(^|\.)embeddings?(\.|$)",

@@ -24,6 +24,7 @@ from .presets import recommend_schedule_scale
 from .export import annotate_checkpoint
 from .peft_layout import is_peft_model
 from .peft_sparsifier import PeftSparsifier
+from .registry import get_method_class
 from .sparse_format import WEIGHTS_PATTERN
 from .sparsifier import Sparsifier
 from .st_files import weight_files
@@ -43,6 +44,13 @@ def _as_config(value: Union[SparsityConfig, dict, str, os.PathLike, None]) -> Sp
         path = os.fspath(value)
         return SparsityConfig.from_pretrained(path) if os.path.isdir(path) else SparsityConfig.from_json_file(path)
     raise TypeError(f"sparsity_config must be a SparsityConfig, dict or JSON path, got {type(value).__name__}")
+
+
+def _ignores_loss_kwargs(model: Any) -> bool:
+    """Models whose forward takes ``**kwargs`` but ignores ``num_items_in_batch`` (transformers 5.24)."""
+    from transformers import ResNetForImageClassification
+
+    return isinstance(model, ResNetForImageClassification)
 
 
 class SparseTrainer(Trainer):
@@ -66,12 +74,17 @@ class SparseTrainer(Trainer):
             )
         if self.model is None:
             raise ValueError("SparseTrainer needs a model (model_init is not supported)")
+        if _ignores_loss_kwargs(self.model):  # else its gradients are GA times too large
+            self.model_accepts_loss_kwargs = False
         if base_masks is not None or is_peft_model(self.model):
             # A sparse base (LoRA): keep its masks; sparsity_config=None prunes nothing more (see lora.py).
             self.sparsity_config = None if sparsity_config is None else _as_config(sparsity_config)
             self.sparsifier = PeftSparsifier(self.model, self.sparsity_config, base_masks)
         else:
             self.sparsity_config = _as_config(sparsity_config)
+            method_class = get_method_class(self.sparsity_config.method)
+            for callback in method_class.prepare_model(self.model, self.sparsity_config):
+                self.add_callback(callback)
             self.sparsifier = Sparsifier(self.model, self.sparsity_config)
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
         self.undertraining = UnderTrainingCallback()

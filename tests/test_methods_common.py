@@ -29,6 +29,11 @@ METHOD_ROWS: dict[str, dict] = {
     "dst_ee": dict(sparsity=0.75, start=2, end=8, update_every=2),
     # phases: dense 0-2, S at 2, D at 4, S at 6, D at 8, final S at 9
     "acdc": dict(sparsity=0.75, method_args={"warmup": 2, "phase": 2, "final": 3}),
+    "cyclic": dict(sparsity=0.75, end=10, update_every=2, method_args={"ratio": 2.0, "cycles": 1, "cycle_fraction": 0.6}),
+    "east": dict(
+        sparsity=0.75, end=10, update_every=2,
+        method_args={"ratio": 2.0, "cycles": 1, "cycle_fraction": 0.6, "dyrelu": False, "weight_sharing": False},
+    ),
 }
 
 

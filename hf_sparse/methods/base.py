@@ -59,6 +59,14 @@ class PruningMethod:
         if config.nm is not None and not cls.supports_nm:
             raise ValueError(f"method {cls.name!r} does not support pattern={config.pattern!r}; use 'unstructured'")
 
+    @classmethod
+    def prepare_model(cls, model: Any, config: "SparsityConfig") -> list:
+        """Change the model before targets and optimizer exist (e.g. EAST's DyReLU, weight sharing).
+
+        Returns extra ``TrainerCallback``s that ``SparseTrainer`` adds. Default: nothing to do.
+        """
+        return []
+
     # -- life cycle -----------------------------------------------------------------------------
     def __init__(self, config: "SparsityConfig", targets: list[Target]):
         frozen = [t.name for t in targets if not t.param.requires_grad]

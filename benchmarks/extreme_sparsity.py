@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Extreme sparsity on a small ResNet: RigL vs DST-EE vs EAST and EAST's ablations.
+
+Data: scikit-learn's digits (1,797 real 8x8 scans, 10 classes) upscaled to 16x16, a stratified
+85/15 split. Model: a transformers ResNet from scratch (stem 8, stages [8, 16] x 3 basic blocks,
+so weight sharing has a third block to share). Recipe (EAST code, methods.md section 5): SGD
+Nesterov momentum 0.9, lr 0.1, wd 5e-4, clip 1.0, lr x0.1 at 50% and 75%; ERK allocation; masks
+updated every ``--update_every`` steps until 75% of training. Sparsity counts targeted conv weights
+(stem and classifier dense); with weight sharing it is the budget over the unshared model.
+
+The training loop is plain PyTorch around ``Sparsifier`` (the engine SparseTrainer uses), with the
+method's ``prepare_model`` hook and DyReLU's beta schedule driven per step, because 54 Trainer runs
+do not fit a shared 2-core CPU. Default size: ~10 minutes there. Writes
+benchmarks/results/extreme_sparsity.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hf_sparse import Sparsifier, SparsityConfig, get_method_class  # noqa: E402
+from hf_sparse.vision.dyrelu import beta_at, remove_dyrelu, set_beta  # noqa: E402
+from hf_sparse.vision.weight_sharing import materialize_shared_weights  # noqa: E402
+
+logger = logging.getLogger(__name__)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+VARIANTS: dict[str, dict] = {
+    "rigl": dict(method="rigl"),
+    "dst_ee": dict(method="dst_ee"),
+    "east": dict(method="east"),
+    "east_no_dyrelu": dict(method="east", method_args={"dyrelu": False}),
+    "east_no_sharing": dict(method="east", method_args={"weight_sharing": False}),
+    "east_no_cycles": dict(method="east", method_args={"cycles": 0}),
+}
+
+
+def load_digits_split(size: int, seed: int = 0):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = ((x - 0.3) / 0.4).expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(digits.target)
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.15, random_state=seed, stratify=digits.target)
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
+
+
+def build_model(seed: int):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[3, 3], layer_type="basic", num_labels=10)
+    return ResNetForImageClassification(config)
+
+
+def run(variant: str, sparsity: float, seed: int, data, epochs: int, batch: int, update_every: int) -> dict:
+    (x_train, y_train), (x_test, y_test) = data
+    model = build_model(seed)
+    config = SparsityConfig(sparsity=sparsity, allocation="erk", update_every=update_every, end=0.75, seed=seed,
+                            **VARIANTS[variant])
+    method_cls = get_method_class(config.method)
+    callbacks = method_cls.prepare_model(model, config)
+    dyrelu = any(type(c).__name__ == "DyReLUPhasingCallback" for c in callbacks)
+    sparsifier = Sparsifier(model, config)
+    steps_per_epoch = len(x_train) // batch
+    total = epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [total // 2, total * 3 // 4], gamma=0.1)
+    sparsifier.begin(total)
+    generator = torch.Generator().manual_seed(seed)
+    step = 0
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x_train), generator=generator)
+        for i in range(steps_per_epoch):
+            if dyrelu:
+                set_beta(model, beta_at(step, total))
+            idx = order[i * batch : (i + 1) * batch]
+            loss = model(pixel_values=x_train[idx], labels=y_train[idx]).loss
+            loss.backward()
+            step += 1
+            sparsifier.prepare_gradients(step)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            sparsifier.after_optimizer_step(step, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+    remove_dyrelu(model)
+    materialize_shared_weights(model)
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(pixel_values=x_test).logits.argmax(-1) == y_test).float().mean())
+    return {"variant": variant, "sparsity": sparsity, "seed": seed, "accuracy": accuracy,
+            "mask_sparsity": sparsifier.sparsity, "nonzero_owned": sum(int(m.sum()) for m in sparsifier.masks.values())}
+
+
+def summarise(rows: list[dict], sparsities: list[float]) -> tuple[dict, str]:
+    table: dict = {}
+    for variant in VARIANTS:
+        for s in sparsities:
+            accs = [r["accuracy"] for r in rows if r["variant"] == variant and r["sparsity"] == s]
+            if accs:
+                sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                table.setdefault(variant, {})[s] = (statistics.mean(accs), sd, len(accs))
+    header = "| variant | " + " | ".join(f"{s:.1%} sparsity" for s in sparsities) + " |"
+    lines = [header, "|" + " --- |" * (len(sparsities) + 1)]
+    for variant, cells in table.items():
+        lines.append(f"| {variant} | " + " | ".join(
+            f"{cells[s][0]:.3f} ± {cells[s][1]:.3f}" if s in cells else "-" for s in sparsities) + " |")
+    return table, "\n".join(lines)
+
+
+def plot(table: dict, sparsities: list[float], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = np.arange(len(sparsities))
+    width = 0.8 / max(1, len(table))
+    for i, (variant, cells) in enumerate(table.items()):
+        means = [cells.get(s, (np.nan, 0, 0))[0] for s in sparsities]
+        sds = [cells.get(s, (0, 0, 0))[1] for s in sparsities]
+        ax.bar(xs + i * width - 0.4 + width / 2, means, width, yerr=sds, capsize=2, label=variant)
+    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xticks(xs, [f"{s:.1%}" for s in sparsities])
+    ax.set_xlabel("sparsity of conv weights (budget)")
+    ax.set_ylabel("test accuracy (digits)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Small ResNet on digits: mean ± sd over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.99, 0.999])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--image_size", type=int, default=16)
+    parser.add_argument("--update_every", type=int, default=6)
+    parser.add_argument("--output_dir", default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    data = load_digits_split(args.image_size)
+    rows = []
+    started = time.time()
+    jobs = [(v, s, seed) for s in args.sparsities for v in args.variants for seed in range(args.seeds)]
+    for variant, sparsity, seed in tqdm(jobs, desc="runs"):
+        rows.append(run(variant, sparsity, seed, data, args.epochs, args.batch, args.update_every))
+    table, markdown = summarise(rows, args.sparsities)
+    elapsed = time.time() - started
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "extreme_sparsity.json"), "w", encoding="utf-8") as handle:
+        json.dump({"args": vars(args), "elapsed_s": elapsed, "runs": rows}, handle, indent=1)
+    with open(os.path.join(args.output_dir, "extreme_sparsity.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"Test accuracy (mean ± sd over {args.seeds} seeds), {args.epochs} epochs, {elapsed:.0f} s total\n\n")
+        handle.write(markdown + "\n")
+    plot(table, args.sparsities, os.path.join(args.output_dir, "extreme_sparsity.png"))
+    print(markdown)
+    print(f"{len(rows)} runs in {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""EAST (seed paper 002, "Pushing the limits of sparsity"): cyclic sparsity + DyReLU phasing + weight sharing.
+
+Masks follow :class:`~hf_sparse.methods.cyclic.Cyclic` (cosine density cycles, then RigL
+drop-and-grow). ``prepare_model`` (called by ``SparseTrainer`` before the optimizer exists) makes
+blocks 3.. of each ResNet stage share block 2's convs and swaps ReLUs for phased DyReLUs; the
+returned callbacks drive beta 1 -> 0 over ``[dyrelu_start, dyrelu_end]`` and restore a plain
+ResNet at the end of training. With sharing, ``sparsity`` is the budget over the *unshared*
+model's conv weights, and the owned weights get the matching higher density.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..registry import register_method
+from .cyclic import Cyclic, CyclicArgs
+
+
+@dataclass
+class EASTArgs(CyclicArgs):
+    """``method_args`` of ``east``: the cyclic options plus the two architectural tricks."""
+
+    dyrelu: bool = True
+    dyrelu_start: float = 0.25
+    dyrelu_end: float = 0.5
+    dyrelu_reduction: int = 4
+    weight_sharing: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("dyrelu", "weight_sharing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"method_args.{name} must be true or false, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dyrelu_start <= self.dyrelu_end <= 1.0:
+            raise ValueError(
+                f"method_args needs 0 <= dyrelu_start <= dyrelu_end <= 1, got {self.dyrelu_start}, {self.dyrelu_end}"
+            )
+        if isinstance(self.dyrelu_reduction, bool) or not isinstance(self.dyrelu_reduction, int) or self.dyrelu_reduction < 1:
+            raise ValueError(f"method_args.dyrelu_reduction must be an int >= 1, got {self.dyrelu_reduction!r}")
+
+
+@register_method("east")
+class EAST(Cyclic):
+    """Cyclic sparsity whose budget counts shared weights once per use; see the module docstring."""
+
+    Args = EASTArgs
+
+    @classmethod
+    def prepare_model(cls, model: Any, config: Any) -> list:
+        from ..vision.east import prepare_east
+
+        return prepare_east(model, cls.parse_args(config.method_args or {}), seed=config.seed)
+
+    def final_sparsity(self) -> float:
+        from ..vision.weight_sharing import owned_sparsity
+
+        return owned_sparsity(float(self.config.sparsity), [t.param for t in self.targets])
