@@ -178,6 +178,9 @@ def load_sparse(
     directory: PathLike,
     model: Optional[nn.Module] = None,
     model_class: Optional[type] = None,
+    *,
+    sparse_inference: bool = False,
+    example_inputs: Any = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """Load ``(model, masks)`` from a folder in any layout save_sparse writes (or compressed-tensors').
@@ -185,7 +188,10 @@ def load_sparse(
     ``model``: load into this instance instead of building one from config.json. ``model_class``:
     the class to build (default: ``architectures[0]`` among transformers' classes). Extra keyword
     arguments go to ``from_pretrained`` for dense folders. Masks: stored ones, else ``weight != 0``
-    over the saved sparsity config's targets (or hf_sparse's default targets).
+    over the saved sparsity config's targets (or hf_sparse's default targets). The masks are also
+    attached to the model, so a ``SparseTrainer`` fine-tuning it starts from them.
+    ``sparse_inference=True``: return the model in eval mode with CPU sparse kernels where they are
+    measured faster (``hf_sparse.to_sparse_inference`` on ``example_inputs``).
     """
     directory = os.fspath(directory)
     fmt = detect_format(directory)
@@ -215,7 +221,20 @@ def load_sparse(
             raise ValueError(
                 f"{directory}: mask/weight shape mismatch for {name}: mask {tuple(mask.shape)} vs weight {tuple(params[name].shape)}"
             )
+    from .existing_masks import attach_masks  # local: existing_masks reads folders through this module
+
+    attach_masks(model, masks)
+    if sparse_inference:
+        from .inference import to_sparse_inference
+
+        model.eval()
+        to_sparse_inference(model, example_inputs, targets=_module_patterns(masks) or None)
     return model, masks
+
+
+def _module_patterns(masks: dict[str, torch.Tensor]) -> list[str]:
+    """Exact module-name regexes for the masked weights (what to consider for sparse kernels)."""
+    return [f"^{re.escape(name.rsplit('.', 1)[0])}$" for name in masks if name.endswith(".weight")]
 
 
 def describe(directory: PathLike) -> dict[str, Any]:
