@@ -137,6 +137,11 @@ def masked_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, scores, float("-inf"))
 
 
+def magnitude_scores(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """|w| with pruned entries at -inf: the magnitude criterion of every pruning method."""
+    return {name: masked_scores(w.detach().abs(), masks[name]) for name, w in weights.items()}
+
+
 def sparsity(mask: torch.Tensor) -> float:
     return 1.0 - int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
 

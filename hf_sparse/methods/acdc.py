@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Optional, Union
 
 import torch
 
-from ..masks import masked_scores
+from ..masks import magnitude_scores
 from ..registry import register_method
 from .base import Masks, PruningMethod
 
@@ -126,5 +126,5 @@ class ACDC(PruningMethod):
         if not self._starts.get(step, False):  # dense phase: everything trains again
             return {name: torch.ones_like(m, dtype=torch.bool) for name, m in masks.items()}
         # Pruned weights are exactly 0 (never above a kept one); masked_scores keeps them last on ties.
-        scores = {name: masked_scores(w.detach().abs().float(), masks[name]) for name, w in weights.items()}
+        scores = magnitude_scores(weights, masks)
         return self.allocation.masks(scores, self.config.sparsity, nm=self.config.nm)

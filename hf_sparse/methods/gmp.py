@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
-from ..masks import masked_scores, overall_sparsity
+from ..masks import magnitude_scores, overall_sparsity
 from ..registry import register_method
 from ..schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
 from .base import Masks, PruningMethod
@@ -74,7 +74,7 @@ class MagnitudePruning(PruningMethod):
         masks: Masks,
         grads: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> Masks:
-        scores = {name: masked_scores(w.detach().abs(), masks[name]) for name, w in weights.items()}
+        scores = magnitude_scores(weights, masks)
         sparsity = self.sparsity_schedule()(step)
         new = self.allocation.masks(scores, sparsity, nm=self.config.nm)
         return {name: new[name] & masks[name] for name in masks}
