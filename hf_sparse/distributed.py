@@ -39,3 +39,14 @@ def gather_masks_equal(masks: Mapping[str, torch.Tensor]) -> bool:
     equal = torch.tensor([int(all(torch.equal(rank0[n], masks[n]) for n in masks))])
     dist.all_reduce(equal, op=dist.ReduceOp.MIN)
     return bool(equal.item())
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly at the end of a launched script.
+
+    Without it a gloo rank can abort at interpreter exit ("terminate called without an active
+    exception") after all the work succeeded, and the launcher reports the run as failed.
+    """
+    if world_size() > 1:
+        dist.barrier()
+        dist.destroy_process_group()

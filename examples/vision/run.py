@@ -37,6 +37,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from hf_sparse import SparseTrainer, SparsityConfig, sparsity_report  # noqa: E402
+from hf_sparse.distributed import shutdown_distributed  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -234,3 +235,4 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    shutdown_distributed()

@@ -24,6 +24,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from conftest import TinyMLP, VectorDataset, training_args  # noqa: E402
 from hf_sparse import SparseTrainer, SparsityConfig  # noqa: E402
+from hf_sparse.distributed import shutdown_distributed  # noqa: E402
 from hf_sparse.distributed import gather_masks_equal, world_size  # noqa: E402
 
 DST = dict(sparsity=0.8, allocation="erk", start=2, end=10, update_every=2)
@@ -106,3 +107,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shutdown_distributed()
