@@ -42,10 +42,10 @@ def gather_masks_equal(masks: Mapping[str, torch.Tensor]) -> bool:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group cleanly at the end of a launched script.
+    """Leave the process group cleanly at the end of a launched script (all ranks together).
 
-    Without it a gloo rank can abort at interpreter exit ("terminate called without an active
-    exception") after all the work succeeded, and the launcher reports the run as failed.
+    Ranks that exit one by one with the group alive have been seen to abort at interpreter exit
+    ("terminate called without an active exception") after their work succeeded.
     """
     if world_size() > 1:
         dist.barrier()
