@@ -1,10 +1,12 @@
 """Fast sparse inference: swap sparse Linear layers for CSR kernels, only where measured faster.
 
 ``to_sparse_inference(model, example_inputs)`` runs one forward pass on ``example_inputs`` and,
-as each targeted layer is reached, times its dense forward against the CSR kernel on that very
+as each targeted layer is reached, times its dense forward against each CSR kernel on that very
 input (interleaved rounds, median of the per-round speedups, so a load spike on a shared machine
-hits both sides). A layer is converted when the sparse kernel is at least ``min_speedup`` times
-faster; otherwise it stays dense. The choices and speedups are logged and kept on the model as
+hits both sides). A layer gets the fastest kernel if that is at least ``min_speedup`` times faster
+than dense; otherwise it stays dense. Then the whole model is timed against the dense model, and
+the conversion is undone if it is not faster (layer timings miss what a layout costs the next
+operation). The choices and speedups are logged and kept on the model as
 ``model.sparse_inference_plan``. ``from_sparse_inference(model)`` restores the dense modules bitwise.
 
 Conv layers stay dense: no torch CPU kernel (CSR on unfolded patches) beat oneDNN's dense
@@ -22,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .sparse_linear import SparseLinear, compute_dtype_for, is_linear_like, linear_weight
+from .sparse_linear import KERNELS, SharedInputTranspose, SparseLinear, compute_dtype_for, is_linear_like, linear_weight
 from .targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -38,13 +40,16 @@ class LayerChoice:
     """What was decided for one layer, and why."""
 
     name: str
-    kernel: str  # "csr" or "dense"
+    kernel: str  # "dense", or the CSR kernel: "spmm" / "mkl" (see hf_sparse.sparse_linear)
     sparsity: float
     dense_ms: Optional[float] = None
     sparse_ms: Optional[float] = None
-    speedup: Optional[float] = None  # median over rounds of dense time / sparse time
+    speedup: Optional[float] = None  # median over rounds of dense time / time of the fastest kernel
     input_shape: Optional[tuple[int, ...]] = None
     reason: str = ""
+    # how the layer was timed: "in:tokens-major/out:tokens-major" by default; "features-major" for
+    # the transposed layout a chained sparse producer hands over (see _tune_layouts)
+    timed_layout: str = ""
 
 
 class SparseInferencePlan(list):
@@ -52,13 +57,23 @@ class SparseInferencePlan(list):
 
     threads: int = 1
     transposed_outputs: list = []
+    shared_inputs: list = []  # groups of sibling layers that share one transposed input copy
+    model_speedup: Optional[float] = None  # whole model, dense time / converted time
+    reverted: bool = False  # True when the whole model was not faster and went back to dense
 
     @property
     def converted(self) -> list[LayerChoice]:
         return [c for c in self if c.kernel != "dense"]
 
     def to_dict(self) -> dict:
-        return {"threads": self.threads, "transposed_outputs": list(self.transposed_outputs), "layers": [asdict(c) for c in self]}
+        return {
+            "threads": self.threads,
+            "transposed_outputs": list(self.transposed_outputs),
+            "shared_inputs": [list(g) for g in self.shared_inputs],
+            "model_speedup": self.model_speedup,
+            "reverted": self.reverted,
+            "layers": [asdict(c) for c in self],
+        }
 
     def __str__(self) -> str:
         width = max([len("layer")] + [len(c.name) for c in self])
@@ -70,6 +85,11 @@ class SparseInferencePlan(list):
         lines.append(f"{len(self.converted)}/{len(self)} layers on sparse kernels ({self.threads} threads)")
         if self.transposed_outputs:
             lines.append(f"transposed outputs (no copy) for: {', '.join(self.transposed_outputs)}")
+        if self.shared_inputs:
+            lines.append(f"{len(self.shared_inputs)} groups of layers share one transposed input")
+        if self.model_speedup is not None:
+            verdict = "reverted to dense: not faster" if self.reverted else "kept"
+            lines.append(f"whole model: {self.model_speedup:.2f}x vs dense ({verdict})")
         return "\n".join(lines)
 
 
@@ -103,27 +123,55 @@ def _clear(times: Mapping[str, Sequence[float]]) -> bool:
     return ratio < 0.7 or ratio > 1.4
 
 
-def _decide(name: str, dense_module: nn.Module, x: torch.Tensor, timer: Timer, min_speedup: float) -> tuple[LayerChoice, Optional[SparseLinear]]:
+def _decide(
+    name: str,
+    dense_module: nn.Module,
+    x: torch.Tensor,
+    timer: Timer,
+    min_speedup: float,
+    transposed_output: bool = False,
+    transposed_input: bool = False,
+) -> tuple[LayerChoice, Optional[SparseLinear]]:
+    """Time dense against each kernel on ``x``; ``transposed_output``: the layer feeds a sparse
+    layer, so it is timed as it would run then (no output copy)."""
     weight = linear_weight(dense_module)
     sparsity = 1.0 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1)
-    # Build a throw-away kernel on a copy: the real module must stay intact until the decision.
-    probe_source = _detached_copy(dense_module)
-    sparse = SparseLinear(probe_source, name).eval()
-    times = timer(name, {"dense": lambda: dense_module(x), "csr": lambda: sparse(x)})
-    dense_t, sparse_t = list(times["dense"]), list(times["csr"])
-    rounds = min(len(dense_t), len(sparse_t))
-    speedup = statistics.median(d / max(s, 1e-12) for d, s in zip(dense_t[:rounds], sparse_t[:rounds]))
+    # Throw-away kernels on copies: the real module must stay intact until the decision.
+    probes = {kernel: SparseLinear(_detached_copy(dense_module), name, kernel=kernel).eval() for kernel in KERNELS}
+    for probe in probes.values():
+        probe.contiguous_output = not transposed_output
+    candidates: dict[str, Callable[[], Any]] = {"dense": lambda: dense_module(x)}
+    candidates.update({kernel: (lambda probe=probe: probe(x)) for kernel, probe in probes.items()})
+    times = timer(name, candidates)
+    dense_t = list(times["dense"])
+    speedups = {}
+    for kernel in KERNELS:
+        sparse_t = list(times[kernel])
+        rounds = min(len(dense_t), len(sparse_t))
+        speedups[kernel] = statistics.median(d / max(s, 1e-12) for d, s in zip(dense_t[:rounds], sparse_t[:rounds]))
+    best = max(KERNELS, key=lambda k: speedups[k])
+    wins = speedups[best] >= min_speedup
     choice = LayerChoice(
         name=name,
-        kernel="csr" if speedup >= min_speedup else "dense",
+        kernel=best if wins else "dense",
         sparsity=sparsity,
         dense_ms=1e3 * statistics.median(dense_t),
-        sparse_ms=1e3 * statistics.median(sparse_t),
-        speedup=speedup,
+        sparse_ms=1e3 * statistics.median(times[best]),
+        speedup=speedups[best],
         input_shape=tuple(x.shape),
-        reason="faster" if speedup >= min_speedup else f"sparse not {min_speedup:g}x faster",
+        reason=f"faster ({best})" if wins else f"sparse not {min_speedup:g}x faster",
+        timed_layout=f"in:{_LAYOUTS[transposed_input]}/out:{_LAYOUTS[transposed_output]}",
     )
-    return choice, (sparse if choice.kernel == "csr" else None)
+    return choice, (probes[best] if wins else None)
+
+
+_LAYOUTS = {False: "tokens-major", True: "features-major"}
+
+
+def _transposed_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the same values in the layout a chained sparse producer hands over: (features, tokens)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2.t().contiguous().t().reshape(x.shape)
 
 
 def _detached_copy(module: nn.Module) -> nn.Module:
@@ -169,6 +217,7 @@ def to_sparse_inference(
     min_speedup: float = 1.1,
     timer: Optional[Timer] = None,
     tune_layout: bool = True,
+    min_model_speedup: float = 1.02,
 ) -> nn.Module:
     """Put CSR kernels into the sparse Linear layers of ``model`` where they are measured faster.
 
@@ -181,7 +230,10 @@ def to_sparse_inference(
     least ``min_speedup`` times faster than dense. ``timer`` replaces the measurement (tests).
     ``tune_layout`` (needs ``example_inputs``): sparse layers that feed other sparse layers (an MLP's
     up -> activation -> down) keep their output in the kernel's transposed layout, saving two
-    copies, if two more timed forwards show the whole model faster that way.
+    copies, if two more timed forwards show the whole model faster that way. Sibling sparse layers
+    fed the same tensor (Q/K/V) share one transposed copy of it.
+    With ``example_inputs`` the converted model is finally timed against the dense one; unless it is
+    at least ``min_model_speedup`` times faster every layer goes back to dense (``plan.reverted``).
     Timing uses ``torch.get_num_threads()`` threads: convert under the thread count you serve with.
 
     Works in place and returns ``model``, in eval mode, with ``model.sparse_inference_plan``.
@@ -190,6 +242,8 @@ def to_sparse_inference(
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     if min_speedup <= 0:
         raise ValueError(f"min_speedup must be > 0, got {min_speedup}")
+    if min_model_speedup <= 0:
+        raise ValueError(f"min_model_speedup must be > 0, got {min_model_speedup}")
     if any(isinstance(m, SparseLinear) for m in model.modules()):
         raise ValueError("model already holds SparseLinear layers; call hf_sparse.from_sparse_inference(model) first")
     timer = timer or interleaved_timer()
@@ -217,15 +271,25 @@ def to_sparse_inference(
             candidates[target.module_name] = module
 
     decisions: dict[str, tuple[LayerChoice, Optional[SparseLinear]]] = {}
+    inputs: dict[str, torch.Tensor] = {}  # what each layer was first fed (kept alive: ids stay unique)
 
-    started: set[str] = set()
+    # Producer -> consumer pairs of sparse candidates (an MLP's up -> GELU -> down): each is timed
+    # in the layout it would run in when both are sparse (see _tune_layouts for the final say).
+    chains = _chains(model, example_inputs, candidates) if tune_layout and example_inputs is not None and candidates else {}
+    producer_of = {consumer: producer for producer, consumer in chains.items()}
 
     def make_hook(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
             # First call only; the timing calls the module again, which must not re-enter.
-            if name not in started and args and isinstance(args[0], torch.Tensor):
-                started.add(name)
-                decisions[name] = _decide(name, module, args[0], timer, min_speedup)
+            if name not in inputs and args and isinstance(args[0], torch.Tensor):
+                inputs[name] = x = args[0]
+                producer = producer_of.get(name)
+                transposed_input = producer in decisions and decisions[producer][1] is not None
+                if transposed_input:
+                    x = _transposed_layout(x)
+                decisions[name] = _decide(
+                    name, module, x, timer, min_speedup, transposed_output=name in chains, transposed_input=transposed_input
+                )
 
         return hook
 
@@ -241,14 +305,30 @@ def to_sparse_inference(
             weight = linear_weight(module)
             x = torch.randn(DEFAULT_TOKENS, weight.shape[1], dtype=weight.dtype, device=weight.device)
             decisions[name] = _decide(name, module, x, timer, min_speedup)
+    swaps: dict[str, tuple[nn.Module, SparseLinear]] = {}
     for name, module in candidates.items():
         choice, sparse = decisions[name]
         if sparse is not None:
-            sparse.adopt_shell(module)  # the probe was built on a copy; keep the real object
+            swaps[name] = (module, sparse)
             _set_module(model, name, sparse)
         plan.append(choice)
+    plan.shared_inputs = _share_input_transposes({n: inputs[n] for n in swaps if n in inputs}, model)
+    inputs.clear()
     if tune_layout and example_inputs is not None and plan.converted:
         _tune_layouts(model, example_inputs, timer, plan)
+    if example_inputs is not None and swaps:
+        plan.model_speedup = _model_speedup(model, example_inputs, timer, swaps)
+        plan.reverted = plan.model_speedup < min_model_speedup
+    for name, (dense_module, sparse) in swaps.items():
+        if plan.reverted:
+            _set_module(model, name, dense_module)
+        else:
+            sparse.adopt_shell(dense_module)  # the kernel was built on a copy; keep the real object
+    if plan.reverted:
+        for c in plan:
+            if c.kernel != "dense":
+                c.kernel, c.reason = "dense", f"whole model {plan.model_speedup:.2f}x < min_model_speedup={min_model_speedup:g}"
+        plan.transposed_outputs, plan.shared_inputs = [], []
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     plan.sort(key=lambda c: order.get(c.name, len(order)))
     object.__setattr__(model, "sparse_inference_plan", plan)
@@ -258,21 +338,62 @@ def to_sparse_inference(
         else:
             logger.info("%s: dense (%s)", c.name, c.reason)
     logger.info("sparse inference: %d/%d layers on CSR kernels (%d threads)", len(plan.converted), len(plan), plan.threads)
+    if plan.model_speedup is not None:
+        log = logger.warning if plan.reverted else logger.info
+        log(
+            "sparse inference: whole model %.2fx vs dense on the example inputs: %s",
+            plan.model_speedup,
+            f"reverted to dense (below min_model_speedup={min_model_speedup:g})" if plan.reverted else "kept",
+        )
     return model
 
 
-def _layout_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
-    """SparseLinear layers whose output reaches another SparseLinear directly or through one
-    shape-keeping leaf module (an activation, a dropout): e.g. BERT's intermediate -> GELU -> output.
+def _share_input_transposes(first_inputs: Mapping[str, torch.Tensor], model: nn.Module) -> list[list[str]]:
+    """Give converted layers that were fed the very same tensor (Q/K/V) one shared input copy."""
+    groups: dict[int, list[str]] = {}
+    for name, x in first_inputs.items():
+        groups.setdefault(id(x), []).append(name)
+    shared = [names for names in groups.values() if len(names) > 1]
+    for names in shared:
+        cache = SharedInputTranspose(len(names))
+        for name in names:
+            model.get_submodule(name).input_transpose = cache
+    return shared
 
-    Such a layer can return its product as the transposed view it already is: the next sparse
-    layer then needs no copy of its input, and neither layer copies its output.
+
+def _model_speedup(model: nn.Module, example_inputs: Any, timer: Timer, swaps: Mapping[str, tuple[nn.Module, SparseLinear]]) -> float:
+    """Dense time / converted time of the whole model (median of interleaved rounds); leaves it converted."""
+
+    def run(sparse: bool) -> Callable[[], Any]:
+        def fn() -> Any:
+            for name, modules in swaps.items():
+                _set_module(model, name, modules[1] if sparse else modules[0])
+            return _call(model, example_inputs)
+
+        return fn
+
+    try:
+        times = timer("<model>", {"dense": run(False), "sparse": run(True)})
+    finally:
+        for name, (_, sparse) in swaps.items():
+            _set_module(model, name, sparse)
+    rounds = min(len(times["dense"]), len(times["sparse"]))
+    return statistics.median(d / max(t, 1e-12) for d, t in zip(times["dense"][:rounds], times["sparse"][:rounds]))
+
+
+def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Module]) -> dict[str, str]:
+    """``{producer: consumer}`` for layers (among ``layers``) whose output reaches another of them
+    directly or through one shape-keeping leaf module (an activation, a dropout): e.g. BERT's
+    intermediate -> GELU -> output. Found with forward hooks during one pass on ``example_inputs``.
+
+    A sparse producer can return its product as the transposed view it already is: its sparse
+    consumer then needs no copy of its input, and neither layer copies its output.
     """
-    names = {id(m): n for n, m in model.named_modules() if isinstance(m, SparseLinear)}
-    direct: dict[int, str] = {}  # id(tensor) -> the SparseLinear that produced it
-    through: dict[int, str] = {}  # id(tensor) -> the SparseLinear behind one elementwise module
+    names = {id(m): n for n, m in layers.items()}
+    direct: dict[int, str] = {}  # id(tensor) -> the layer that produced it
+    through: dict[int, str] = {}  # id(tensor) -> the layer behind one elementwise module
     alive: list[torch.Tensor] = []  # keeps ids unique during the pass
-    hits: set[str] = set()
+    pairs: dict[str, str] = {}
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
@@ -280,21 +401,27 @@ def _layout_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
         source = direct.get(id(args[0])) or through.get(id(args[0]))
         if id(module) in names:
             if source is not None:
-                hits.add(source)
+                pairs.setdefault(source, names[id(module)])
             direct[id(output)] = names[id(module)]
             alive.append(output)
         elif id(args[0]) in direct and output.shape == args[0].shape:
             through[id(output)] = direct[id(args[0])]
             alive.append(output)
 
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    leaves = [m for m in model.modules() if next(m.children(), None) is None or id(m) in names]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         _call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-    return sorted(hits)
+    return pairs
+
+
+def _layout_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
+    """SparseLinear layers whose output feeds another SparseLinear (see :func:`_chains`)."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+    return sorted(_chains(model, example_inputs, layers))
 
 
 def _tune_layouts(model: nn.Module, example_inputs: Any, timer: Timer, plan: "SparseInferencePlan") -> None:

@@ -1,16 +1,20 @@
 """SparseLinear: an inference-only stand-in for a sparse ``nn.Linear`` (or transformers ``Conv1D``).
 
-Why this form of the kernel (measured on this 2-core CPU, see docs/inference.md):
-``torch.addmm(bias[:, None], W_csr, x.t())`` with **int32** indices is the fastest torch CSR form.
-int64 indices make MKL convert the indices on every call, a separate ``+ bias`` on the transposed
-result costs as much as the sparse product itself at high sparsity, a column-major (``out=y.t()``)
-MKL result is 5-30x slower, and ``x @ W_csr.t()`` (sparse on the right) has no MKL path. Tokens
-go through in chunks of ``CHUNK_TOKENS`` so the transposed input and the output slices stay in
-cache. The output is made contiguous (strided Q/K/V push attention off its fast kernel), except
-for layers whose output feeds another sparse layer (``contiguous_output=False``, set by
-``to_sparse_inference`` when measured faster). CSR has no bfloat16/float16 CPU kernel, so such
-weights are stored in float32 (exact: every bf16/fp16 value is a float32 value) and the product
-is cast back.
+The product is ``y^T = W x^T``: the sparse weight on the left, the tokens as the dense columns (the
+only orientation torch has fast CPU kernels for). Two kernels, chosen per layer by measurement in
+``hf_sparse.to_sparse_inference`` (see docs/inference.md for the figures):
+
+- ``"spmm"``: ``torch.sparse.mm(W_csr, x^T, "sum")``, torch's own vectorised CSR kernel (the one
+  behind sparse ``reduce``); about 1.6x faster than MKL from 128 to 1024 tokens on this CPU;
+- ``"mkl"``: ``torch.addmm(bias, W_csr, x^T)`` with int32 indices (MKL); better for a few tokens.
+
+The transposed input ``x^T`` is one contiguous copy per call (shared by sibling layers fed the same
+tensor, e.g. Q/K/V, through a :class:`SharedInputTranspose`); tokens go through in chunks of
+``CHUNK_TOKENS`` so each call's slices stay in cache. The output is made contiguous (strided Q/K/V
+push attention off its fast kernel), except for layers whose output feeds another sparse layer
+(``contiguous_output=False``, set by ``to_sparse_inference`` when measured faster): the next layer
+then needs no input copy. CSR kernels run in float32 for bfloat16/float16 weights (exact: every
+bf16/fp16 value is a float32 value), and the product is cast back.
 
 The dense weight is rebuilt bitwise by :meth:`SparseLinear.to_dense_module` (the signs of ``-0.0``
 entries are kept as a packed bit mask). ``state_dict`` holds the dense ``weight``/``bias`` under the
@@ -20,7 +24,7 @@ original keys, so a converted model still saves as an ordinary checkpoint.
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -33,9 +37,12 @@ except ImportError:  # pragma: no cover
 # dtypes torch's CSR addmm supports on CPU (MKL); others compute in float32.
 _CPU_CSR_DTYPES = (torch.float32, torch.float64)
 
-# Tokens per kernel call: keeps the transposed input slice and the output slice in cache (at 4096
-# tokens, one call on a 1536x384 weight at 90% ran 2.6x slower than 16 calls of 256 tokens).
-CHUNK_TOKENS = 256
+# Tokens per kernel call: keeps the transposed input slice and the output rows in cache (on a
+# 1536x384 weight at 90%, 2 threads: 4096 tokens in one call 1.1x faster than dense, 1024 at a
+# time 3x).
+CHUNK_TOKENS = 1024
+
+KERNELS = ("spmm", "mkl")
 
 TRAINING_ERROR = (
     "{name} runs sparse kernels for inference only (no weight gradients, no train mode); "
@@ -75,6 +82,49 @@ def compute_dtype_for(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return dtype
 
 
+class SharedInputTranspose:
+    """One transposed copy of an input for the sibling layers it feeds (BERT's query/key/value).
+
+    The first sibling to see a tensor makes the copy; the others reuse it while they are handed the
+    very same tensor object (held here, so its id cannot be recycled) at the same version (tensors
+    made under ``torch.inference_mode`` have no version counter: an in-place change of such an
+    input between two siblings' calls would not be seen). The copy is dropped once every sibling
+    has used it, so nothing outlives the forward pass.
+    """
+
+    def __init__(self, members: int):
+        if members < 2:
+            raise ValueError(f"a shared input transpose needs at least 2 layers, got {members}")
+        self.members = members
+        self._source: Optional[torch.Tensor] = None
+        self._version: Optional[int] = None
+        self._chunks: Optional[list[torch.Tensor]] = None
+        self._uses = 0
+
+    @staticmethod
+    def _version_of(x: torch.Tensor) -> Optional[int]:
+        try:
+            return x._version
+        except RuntimeError:  # inference tensors track no version
+            return None
+
+    def chunks(self, x: torch.Tensor, make: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        version = self._version_of(x)
+        if self._source is x and self._version == version and self._chunks is not None:
+            chunks = self._chunks
+            self._uses += 1
+        else:
+            chunks = make()
+            self._source, self._version, self._chunks, self._uses = x, version, chunks, 1
+        if self._uses >= self.members:
+            self.clear()
+        return chunks
+
+    def clear(self) -> None:
+        self._source = self._version = self._chunks = None
+        self._uses = 0
+
+
 class SparseLinear(nn.Module):
     """``y = x W^T + b`` with ``W`` in CSR (int32 indices), for inference only.
 
@@ -82,14 +132,18 @@ class SparseLinear(nn.Module):
     :meth:`to_dense_module` can hand back the very same module object with its weights restored.
     """
 
-    def __init__(self, module: nn.Module, name: str = ""):
+    def __init__(self, module: nn.Module, name: str = "", kernel: str = "spmm"):
         super().__init__()
         if not is_linear_like(module):
             raise TypeError(f"SparseLinear wraps nn.Linear or transformers Conv1D, got {type(module).__name__}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         weight = linear_weight(module)
         self.layer_name = name
+        self.kernel = kernel
         self.contiguous_output = True
         self.chunk_tokens = CHUNK_TOKENS
+        self.input_transpose: Optional[SharedInputTranspose] = None
         self.out_features, self.in_features = weight.shape
         self.weight_dtype = weight.dtype
         self.weight_requires_grad = module.weight.requires_grad
@@ -130,7 +184,10 @@ class SparseLinear(nn.Module):
         return 1.0 - self.nnz / max(self.out_features * self.in_features, 1)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, sparsity={self.sparsity:.2%}, kernel=csr"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, sparsity={self.sparsity:.2%}, "
+            f"kernel=csr-{self.kernel}"
+        )
 
     def train(self, mode: bool = True) -> "SparseLinear":
         if mode:
@@ -147,31 +204,66 @@ class SparseLinear(nn.Module):
                 "does not support (the model was cast after conversion); call "
                 "hf_sparse.from_sparse_inference(model), cast, then convert again"
             )
+        if x.shape[-1] != self.in_features:
+            raise RuntimeError(
+                f"SparseLinear {self.layer_name!r}: input has {x.shape[-1]} features, the layer expects {self.in_features}"
+            )
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != weight.dtype:
-            x2 = x2.to(weight.dtype)
-        bias = None if self.bias is None else self.bias.to(weight.dtype)[:, None]
-        tokens, chunk = x2.shape[0], self.chunk_tokens
-        if tokens <= chunk or (torch.is_grad_enabled() and x2.requires_grad):
-            y = torch.mm(weight, x2.t()) if bias is None else torch.addmm(bias, weight, x2.t())
-            y = y.t()  # (tokens, out) as a view
-            if self.contiguous_output:
-                y = y.contiguous()
-        elif self.contiguous_output:
-            y = x2.new_empty(tokens, self.out_features)
-            for start in range(0, tokens, chunk):
-                part = x2[start : start + chunk].t()
-                y[start : start + chunk] = (torch.mm(weight, part) if bias is None else torch.addmm(bias, weight, part)).t()
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = self._autograd_product(x.reshape(-1, self.in_features))
         else:
-            y_t = x2.new_empty(self.out_features, tokens)
-            for start in range(0, tokens, chunk):
-                part, out = x2[start : start + chunk].t(), y_t[:, start : start + chunk]
-                torch.mm(weight, part, out=out) if bias is None else torch.addmm(bias, weight, part, out=out)
-            y = y_t.t()
+            y = self._product(x)
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _transposed_chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x^T`` as contiguous (in_features, <= chunk_tokens) blocks, in the compute dtype."""
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != self.weight_csr.dtype:
+            x2 = x2.to(self.weight_csr.dtype)
+        chunk = max(int(self.chunk_tokens), 1)
+        return [x2[start : start + chunk].t().contiguous() for start in range(0, max(x2.shape[0], 1), chunk)]
+
+    def _chunk_product(self, x_t: torch.Tensor) -> torch.Tensor:
+        """``W x^T`` (+ bias for MKL, whose addmm adds it for free) as (out_features, tokens)."""
+        if self.kernel == "mkl":
+            if self.bias is None:
+                return torch.mm(self.weight_csr, x_t)
+            return torch.addmm(self.bias.to(self.weight_csr.dtype)[:, None], self.weight_csr, x_t)
+        return torch.sparse.mm(self.weight_csr, x_t, "sum")
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transpose is not None:
+            chunks = self.input_transpose.chunks(x, lambda: self._transposed_chunks(x))
+        else:
+            chunks = self._transposed_chunks(x)
+        parts = [self._chunk_product(c) for c in chunks]
+        add_bias = self.bias is not None and self.kernel != "mkl"
+        bias = self.bias.to(self.weight_csr.dtype) if add_bias else None
+        if self.contiguous_output:
+            if len(parts) == 1:
+                y = parts[0].t().contiguous()
+            else:
+                y = parts[0].new_empty(sum(p.shape[1] for p in parts), self.out_features)
+                start = 0
+                for p in parts:
+                    y[start : start + p.shape[1]].copy_(p.t())
+                    start += p.shape[1]
+            return y.add_(bias) if bias is not None else y
+        y_t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if bias is not None:
+            y_t.add_(bias[:, None])
+        return y_t.t()
+
+    def _autograd_product(self, x2: torch.Tensor) -> torch.Tensor:
+        """Out-of-place, differentiable in ``x`` (for input gradients, e.g. saliency)."""
+        if x2.dtype != self.weight_csr.dtype:
+            x2 = x2.to(self.weight_csr.dtype)
+        y = torch.mm(self.weight_csr, x2.t())
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)[:, None]
+        return y.t()
 
     def dense_weight(self) -> torch.Tensor:
         """The (out, in) weight in its original dtype, bitwise equal to the one converted."""

@@ -27,20 +27,22 @@ def prune_(model: nn.Module, sparsity: float) -> nn.Module:
 
 
 def always(winner: str):
-    """A deterministic timer: ``winner`` (and the transposed-output model) 1 s per round, the rest 3 s."""
+    """A deterministic timer: ``winner`` ("dense", "spmm" or "mkl") 1 s per round, the rest 3 s;
+    the whole converted model (and its transposed-output variant) wins unless dense does."""
 
     def timer(name, candidates):
-        return {k: [1.0 if k in (winner, "transposed") else 3.0] * 3 for k in candidates}
+        fast = {winner, "transposed"} | ({"sparse"} if winner != "dense" else {"dense"})
+        return {k: [1.0 if k in fast else 3.0] * 3 for k in candidates}
 
     return timer
 
 
 def by_layer(sparse_layers: set[str]):
-    """Sparse wins only on the named layers."""
+    """The spmm kernel wins only on the named layers (and the converted model wins)."""
 
     def timer(name, candidates):
-        fast = "csr" if name in sparse_layers else "dense"
-        return {k: [1.0 if k in (fast, "transposed") else 2.0] * 3 for k in candidates}
+        fast = "spmm" if name in sparse_layers or name == "<model>" else "dense"
+        return {k: [1.0 if k in (fast, "transposed", "sparse") else 2.0] * 3 for k in candidates}
 
     return timer
 
@@ -75,7 +77,7 @@ def test_choice_falls_back_to_dense_where_sparse_is_not_faster(sparse_bert):
 def test_below_min_sparsity_stays_dense_without_timing():
     model = prune_(tiny_bert().eval(), 0.3)
     calls = []
-    to_sparse_inference(model, timer=lambda n, c: calls.append(n) or always("csr")(n, c))
+    to_sparse_inference(model, timer=lambda n, c: calls.append(n) or always("spmm")(n, c))
     assert calls == [] and not any(isinstance(m, SparseLinear) for m in model.modules())
     assert all("min_sparsity" in c.reason for c in model.sparse_inference_plan)
 
@@ -107,7 +109,7 @@ def test_real_timing_converts_a_large_very_sparse_layer():
         torch.set_num_threads(threads)
     plan = model.sparse_inference_plan
     assert plan.threads == 1
-    assert plan[0].kernel == "csr" and plan[0].speedup > 1.1, str(plan)
+    assert plan[0].kernel in ("spmm", "mkl") and plan[0].speedup > 1.1, str(plan)
 
 
 def test_outputs_match_dense_and_round_trip_is_bitwise(sparse_bert):
@@ -121,7 +123,7 @@ def test_outputs_match_dense_and_round_trip_is_bitwise(sparse_bert):
     with torch.no_grad():
         expected = sparse_bert(**inputs).logits
     n_targets = len(find_targets(sparse_bert))
-    to_sparse_inference(sparse_bert, inputs, timer=always("csr"))
+    to_sparse_inference(sparse_bert, inputs, timer=always("spmm"))
     assert n_targets == 13  # 2 layers x (q, k, v, attention out, intermediate, output) + pooler
     assert sum(isinstance(m, SparseLinear) for m in sparse_bert.modules()) == n_targets
     with torch.no_grad():
@@ -145,7 +147,7 @@ def test_transposed_output_chain_is_found_and_exact(sparse_bert):
     inputs = bert_inputs()
     with torch.no_grad():
         expected = sparse_bert(**inputs).logits
-    to_sparse_inference(sparse_bert, inputs, timer=always("csr"))
+    to_sparse_inference(sparse_bert, inputs, timer=always("spmm"))
     plan = sparse_bert.sparse_inference_plan
     assert plan.transposed_outputs == [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
     layer = sparse_bert.bert.encoder.layer[0]
@@ -157,9 +159,9 @@ def test_transposed_output_chain_is_found_and_exact(sparse_bert):
 
 def test_transposed_outputs_dropped_when_model_not_faster(sparse_bert):
     def timer(name, candidates):
-        if name == "<model>":
+        if "transposed" in candidates:
             return {"contiguous": [1.0] * 3, "transposed": [2.0] * 3}
-        return always("csr")(name, candidates)
+        return always("spmm")(name, candidates)
 
     to_sparse_inference(sparse_bert, bert_inputs(), timer=timer)
     assert sparse_bert.sparse_inference_plan.transposed_outputs == []
@@ -172,7 +174,7 @@ def test_bf16_layers_compute_in_fp32_and_match_dense_bf16(sparse_bert):
     with torch.no_grad():
         expected = model(**inputs).logits.float()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    to_sparse_inference(model, inputs, timer=always("csr"))
+    to_sparse_inference(model, inputs, timer=always("spmm"))
     layer = model.bert.encoder.layer[0].attention.self.query
     assert isinstance(layer, SparseLinear) and layer.weight_csr.dtype == torch.float32
     with torch.no_grad():
@@ -185,7 +187,7 @@ def test_bf16_layers_compute_in_fp32_and_match_dense_bf16(sparse_bert):
 
 
 def test_casting_after_conversion_is_a_clear_error(sparse_bert):
-    to_sparse_inference(sparse_bert, timer=always("csr"))
+    to_sparse_inference(sparse_bert, timer=always("spmm"))
     sparse_bert.to(torch.bfloat16)
     with pytest.raises(TypeError, match="from_sparse_inference"):
         with torch.no_grad():
@@ -193,7 +195,7 @@ def test_casting_after_conversion_is_a_clear_error(sparse_bert):
 
 
 def test_training_a_converted_model_is_a_clear_error(sparse_bert):
-    to_sparse_inference(sparse_bert, timer=always("csr"))
+    to_sparse_inference(sparse_bert, timer=always("spmm"))
     with pytest.raises(RuntimeError, match="inference only.*from_sparse_inference"):
         sparse_bert.train()
     layer = sparse_bert.bert.encoder.layer[0].attention.self.query
@@ -208,7 +210,7 @@ def test_training_a_converted_model_is_a_clear_error(sparse_bert):
 
 def test_input_gradients_still_flow(sparse_bert):
     # Gradients w.r.t. inputs (saliency) work; weights get none (they are buffers).
-    to_sparse_inference(sparse_bert, timer=always("csr"))
+    to_sparse_inference(sparse_bert, timer=always("spmm"))
     layer = sparse_bert.bert.encoder.layer[0].intermediate.dense
     x = torch.randn(2, 5, 32, requires_grad=True)
     layer(x).sum().backward()
@@ -221,9 +223,9 @@ def test_bad_arguments_and_double_conversion(sparse_bert):
         to_sparse_inference(sparse_bert, min_sparsity=1.5)
     with pytest.raises(ValueError, match="min_speedup"):
         to_sparse_inference(sparse_bert, min_speedup=0)
-    to_sparse_inference(sparse_bert, timer=always("csr"))
+    to_sparse_inference(sparse_bert, timer=always("spmm"))
     with pytest.raises(ValueError, match="already"):
-        to_sparse_inference(sparse_bert, timer=always("csr"))
+        to_sparse_inference(sparse_bert, timer=always("spmm"))
 
 
 def test_resnet_convs_stay_dense_and_model_works():
@@ -235,7 +237,7 @@ def test_resnet_convs_stay_dense_and_model_works():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x).logits
-    to_sparse_inference(model, x, timer=always("csr"))
+    to_sparse_inference(model, x, timer=always("spmm"))
     plan = model.sparse_inference_plan
     assert plan and all(c.kernel == "dense" and "Conv2d" in c.reason for c in plan)
     with torch.no_grad():
@@ -251,7 +253,7 @@ def test_gpt2_conv1d_layers_convert_exactly():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         expected = model(ids).logits
-    to_sparse_inference(model, ids, timer=always("csr"))
+    to_sparse_inference(model, ids, timer=always("spmm"))
     assert isinstance(model.transformer.h[0].mlp.c_fc, SparseLinear)
     with torch.no_grad():
         assert (model(ids).logits - expected).abs().max() < 1e-5
@@ -268,7 +270,7 @@ def test_text_classification_pipeline_accepts_converted_model(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
     dense = prune_(tiny_bert().eval(), 0.9)
-    sparse = to_sparse_inference(copy.deepcopy(dense), tokenizer(["a very good film"], return_tensors="pt"), timer=always("csr"))
+    sparse = to_sparse_inference(copy.deepcopy(dense), tokenizer(["a very good film"], return_tensors="pt"), timer=always("spmm"))
     texts = ["a very good film", "not a bad movie at all"]
     got = pipeline("text-classification", model=sparse, tokenizer=tokenizer, device="cpu", top_k=None)(texts)
     want = pipeline("text-classification", model=dense, tokenizer=tokenizer, device="cpu", top_k=None)(texts)
@@ -287,7 +289,7 @@ def test_minilm_outputs_match_dense():
     sparse = copy.deepcopy(dense)
     g = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(1000, 20000, (2, 32), generator=g), "attention_mask": torch.ones(2, 32, dtype=torch.long)}
-    to_sparse_inference(sparse, inputs, timer=always("csr"))
+    to_sparse_inference(sparse, inputs, timer=always("spmm"))
     assert sum(isinstance(m, SparseLinear) for m in sparse.modules()) == 37  # 6 x 6 encoder Linears + pooler
     with torch.no_grad():
         want = dense(**inputs)
@@ -307,7 +309,7 @@ def test_image_classification_pipeline_accepts_converted_vit():
     dense = prune_(ViTForImageClassification(config).eval(), 0.9)
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
-    sparse = to_sparse_inference(copy.deepcopy(dense), processor(image, return_tensors="pt")["pixel_values"], timer=always("csr"))
+    sparse = to_sparse_inference(copy.deepcopy(dense), processor(image, return_tensors="pt")["pixel_values"], timer=always("spmm"))
     assert isinstance(sparse.get_submodule("vit.layers.0.mlp.fc1"), SparseLinear)
     assert sparse.sparse_inference_plan.transposed_outputs == ["vit.layers.0.mlp.fc1"]
     got = pipeline("image-classification", model=sparse, image_processor=processor, device="cpu")(image)
@@ -316,17 +318,112 @@ def test_image_classification_pipeline_accepts_converted_vit():
     assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) < 1e-5
 
 
+@pytest.mark.parametrize("kernel", ["spmm", "mkl"])
 @pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_token_chunks_match_dense(contiguous, bias):
+def test_token_chunks_match_dense(kernel, contiguous, bias):
     dense = nn.Linear(12, 7, bias=bias)
     with torch.no_grad():
         dense.weight.mul_(torch.rand(7, 12, generator=torch.Generator().manual_seed(0)) > 0.7)
     x = torch.randn(2, 9, 12)  # 18 tokens: chunks of 4 with a ragged last one
     with torch.no_grad():
         expected = dense(x)
-        layer = SparseLinear(copy.deepcopy(dense)).eval()
+        layer = SparseLinear(copy.deepcopy(dense), kernel=kernel).eval()
         layer.chunk_tokens, layer.contiguous_output = 4, contiguous
         got = layer(x)
     assert got.shape == expected.shape and got.is_contiguous() == contiguous
     assert (got - expected).abs().max() < 1e-6
+
+
+def test_mkl_kernel_choice_is_exact(sparse_bert):
+    inputs = bert_inputs()
+    with torch.no_grad():
+        expected = sparse_bert(**inputs).logits
+    to_sparse_inference(sparse_bert, inputs, timer=always("mkl"))
+    layers = [m for m in sparse_bert.modules() if isinstance(m, SparseLinear)]
+    assert layers and all(m.kernel == "mkl" for m in layers)
+    assert all(c.kernel == "mkl" for c in sparse_bert.sparse_inference_plan)
+    with torch.no_grad():
+        assert (sparse_bert(**inputs).logits - expected).abs().max() < 1e-5
+
+
+def test_siblings_share_one_input_transpose_and_release_it(sparse_bert):
+    inputs = bert_inputs()
+    with torch.no_grad():
+        expected = sparse_bert(**inputs).logits
+    to_sparse_inference(sparse_bert, inputs, timer=always("spmm"))
+    plan = sparse_bert.sparse_inference_plan
+    attention = sparse_bert.bert.encoder.layer[0].attention.self
+    assert [f"bert.encoder.layer.0.attention.self.{n}" for n in ("query", "key", "value")] in plan.shared_inputs
+    cache = attention.query.input_transpose
+    assert cache is not None and cache is attention.key.input_transpose is attention.value.input_transpose
+    assert sparse_bert.bert.encoder.layer[0].intermediate.dense.input_transpose is None  # fed alone
+    with torch.no_grad():
+        assert (sparse_bert(**inputs).logits - expected).abs().max() < 1e-5
+    assert cache._source is None and cache._chunks is None  # nothing held after the forward
+
+
+def test_shared_input_transpose_never_reuses_another_or_changed_tensor():
+    from hf_sparse.sparse_linear import SharedInputTranspose
+
+    denses = [nn.Linear(6, 5) for _ in range(2)]
+    with torch.no_grad():
+        for d in denses:
+            d.weight.mul_(torch.rand(5, 6, generator=torch.Generator().manual_seed(3)) > 0.5)
+    layers = [SparseLinear(copy.deepcopy(d)).eval() for d in denses]
+    cache = SharedInputTranspose(2)
+    for layer in layers:
+        layer.input_transpose = cache
+    a, b = torch.randn(4, 6), torch.randn(4, 6)
+    with torch.no_grad():
+        assert torch.allclose(layers[0](a), denses[0](a), atol=1e-6)
+        assert torch.allclose(layers[1](b), denses[1](b), atol=1e-6)  # another tensor: not a's copy
+        assert torch.allclose(layers[0](a), denses[0](a), atol=1e-6)
+        a.mul_(2)  # changed in place between two siblings' calls: the version counter tells
+        assert torch.allclose(layers[1](a), denses[1](a), atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        SharedInputTranspose(1)
+
+
+def test_chained_consumer_is_timed_on_the_producers_layout(sparse_bert):
+    to_sparse_inference(sparse_bert, bert_inputs(), timer=always("spmm"))
+    by_name = {c.name: c for c in sparse_bert.sparse_inference_plan}
+    assert by_name["bert.encoder.layer.0.intermediate.dense"].timed_layout == "in:tokens-major/out:features-major"
+    assert by_name["bert.encoder.layer.0.output.dense"].timed_layout == "in:features-major/out:tokens-major"
+    assert by_name["bert.encoder.layer.0.attention.self.query"].timed_layout == "in:tokens-major/out:tokens-major"
+    from hf_sparse.inference import _transposed_layout
+
+    x = torch.randn(2, 3, 4)
+    xt = _transposed_layout(x)
+    assert torch.equal(xt, x) and xt.reshape(-1, 4).t().is_contiguous()
+
+
+def test_whole_model_guard_reverts_when_not_faster(sparse_bert, caplog):
+    names = [t.module_name for t in find_targets(sparse_bert)]
+    originals = {n: sparse_bert.get_submodule(n) for n in names}
+    before = {k: v.clone() for k, v in sparse_bert.state_dict().items()}
+
+    def timer(name, candidates):
+        if name == "<model>" and "sparse" in candidates:
+            return {"dense": [1.0] * 3, "sparse": [1.01] * 3}  # every layer won, the whole model did not
+        return always("spmm")(name, candidates)
+
+    with caplog.at_level(logging.WARNING, logger="hf_sparse.inference"):
+        to_sparse_inference(sparse_bert, bert_inputs(), timer=timer)
+    plan = sparse_bert.sparse_inference_plan
+    assert plan.reverted and plan.model_speedup == pytest.approx(1 / 1.01)
+    assert not plan.converted and not plan.transposed_outputs and not plan.shared_inputs
+    assert all("whole model" in c.reason for c in plan if c.speedup is not None)
+    assert all(sparse_bert.get_submodule(n) is m for n, m in originals.items())  # the very same modules
+    after = sparse_bert.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert "reverted to dense" in caplog.text and "reverted" in str(plan)
+    with pytest.raises(ValueError, match="min_model_speedup"):
+        to_sparse_inference(sparse_bert, min_model_speedup=0)
+
+
+def test_whole_model_guard_keeps_a_faster_conversion(sparse_bert):
+    to_sparse_inference(sparse_bert, bert_inputs(), timer=always("spmm"))
+    plan = sparse_bert.sparse_inference_plan
+    assert not plan.reverted and plan.model_speedup == pytest.approx(3.0)
+    assert plan.to_dict()["model_speedup"] == pytest.approx(3.0) and "kept" in str(plan)
