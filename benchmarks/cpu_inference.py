@@ -102,6 +102,7 @@ def run_minilm(sparsities, batches, seq, rounds, rows):
             d_ms, s_ms, speedup = time_pair(dense, sparse, inputs, rounds if batch > 1 else 3 * rounds)
             rows.append(dict(model="all-MiniLM-L6-v2", sparsity=sparsity, batch=batch, seq=seq, dense_ms=d_ms,
                              sparse_ms=s_ms, speedup=speedup, converted=f"{len(plan.converted)}/{len(plan)}",
+                             kernels=kernel_counts(plan), chained=len(plan.transposed_outputs), guard=plan.model_speedup,
                              convert_s=convert_s, max_abs_diff=max_abs_diff(dense, sparse, inputs), load=load_average()))
             tqdm.write(fmt_row(rows[-1]))
             del sparse
@@ -123,16 +124,28 @@ def run_resnet18(sparsity, batch, size, rounds, rows):
     d_ms, s_ms, speedup = time_pair(dense, sparse, x, rounds)
     rows.append(dict(model="ResNet-18", sparsity=sparsity, batch=batch, seq=f"{size}x{size}", dense_ms=d_ms,
                      sparse_ms=s_ms, speedup=speedup, converted=f"{len(plan.converted)}/{len(plan)}",
+                     kernels=kernel_counts(plan), chained=len(plan.transposed_outputs), guard=plan.model_speedup,
                      convert_s=convert_s, max_abs_diff=max_abs_diff(dense, sparse, x), load=load_average()))
     tqdm.write(fmt_row(rows[-1]))
 
 
-HEADER = "| model | sparsity | batch | input | dense ms | converted ms | speedup | layers on CSR | convert s | max abs diff | load avg (1/5/15 min) |"
+HEADER = ("| model | sparsity | batch | input | dense ms | converted ms | speedup | layers on CSR | kernels | chained | "
+          "guard | convert s | max abs diff | load avg (1/5/15 min) |")
+
+
+def kernel_counts(plan) -> str:
+    """How many layers got each kernel, e.g. ``spmm 30, mkl 6``."""
+    counts: dict[str, int] = {}
+    for c in plan.converted:
+        counts[c.kernel] = counts.get(c.kernel, 0) + 1
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "-"
 
 
 def fmt_row(r: dict) -> str:
+    guard = f"{r['guard']:.2f}x" if r.get("guard") is not None else "-"
     return (f"| {r['model']} | {r['sparsity']:.0%} | {r['batch']} | {r['seq']} | {r['dense_ms']:.1f} | {r['sparse_ms']:.1f} | "
-            f"{r['speedup']:.2f}x | {r['converted']} | {r['convert_s']:.0f} | {r['max_abs_diff']:.1e} | {r['load']} |")
+            f"{r['speedup']:.2f}x | {r['converted']} | {r['kernels']} | {r['chained']} | {guard} | {r['convert_s']:.0f} | "
+            f"{r['max_abs_diff']:.1e} | {r['load']} |")
 
 
 def plot(rows, path):

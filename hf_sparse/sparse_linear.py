@@ -44,6 +44,11 @@ CHUNK_TOKENS = 1024
 
 KERNELS = ("spmm", "mkl")
 
+# Below this many tokens per call the "spmm" kernel hands over to MKL: torch's kernel vectorises
+# over tokens and loses to dense at 1-8 tokens (0.4x at 90%), where MKL still wins (1.1-2.4x);
+# they cross near 64 tokens (benchmarks/sparse_kernels.py). Keeps short pipeline inputs fast.
+SPMM_MIN_TOKENS = 64
+
 TRAINING_ERROR = (
     "{name} runs sparse kernels for inference only (no weight gradients, no train mode); "
     "call hf_sparse.from_sparse_inference(model) to get the dense trainable modules back"
@@ -73,6 +78,13 @@ def _pack_bits(flags: torch.Tensor) -> torch.Tensor:
 def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     return ((packed[:, None] >> shifts) & 1).bool().reshape(-1)[:numel]
+
+
+def padded_tokens(tokens: int) -> int:
+    """Columns to allocate for ``tokens``: a few more when the row length would be a multiple of
+    64 floats. Rows 4 KiB apart map to the same cache sets, and the transposing copies in and out
+    of the kernel then ran up to 1.6x slower (1536x1024 output: 0.98 ms vs 0.61 ms padded)."""
+    return tokens + 16 if tokens >= 64 and tokens % 64 == 0 else tokens
 
 
 def compute_dtype_for(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -108,7 +120,7 @@ class SharedInputTranspose:
         except RuntimeError:  # inference tensors track no version
             return None
 
-    def chunks(self, x: torch.Tensor, make: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+    def chunks(self, x: torch.Tensor, make: Callable[[], list]) -> list:
         version = self._version_of(x)
         if self._source is x and self._version == version and self._chunks is not None:
             chunks = self._chunks
@@ -217,44 +229,53 @@ class SparseLinear(nn.Module):
             y = y.to(x.dtype)
         return y.reshape(*lead, self.out_features)
 
-    def _transposed_chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x^T`` as contiguous (in_features, <= chunk_tokens) blocks, in the compute dtype."""
+    def _transposed_chunks(self, x: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """``x^T`` as (in_features, columns) blocks of at most ``chunk_tokens`` tokens, in the compute
+        dtype, with how many columns are tokens: ``(block, tokens)``. Copies get zero padding columns
+        (see :func:`padded_tokens`); an input already in (features, tokens) layout is used as it is."""
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != self.weight_csr.dtype:
             x2 = x2.to(self.weight_csr.dtype)
-        chunk = max(int(self.chunk_tokens), 1)
-        return [x2[start : start + chunk].t().contiguous() for start in range(0, max(x2.shape[0], 1), chunk)]
+        tokens, chunk = x2.shape[0], max(int(self.chunk_tokens), 1)
+        if tokens <= chunk and x2.t().is_contiguous():
+            return [(x2.t(), tokens)]  # a chained sparse producer's output: no copy needed
+        blocks = []
+        for start in range(0, max(tokens, 1), chunk):
+            part = x2[start : start + chunk]
+            n = part.shape[0]
+            block = part.new_empty(self.in_features, padded_tokens(n))
+            block[:, :n].copy_(part.t())
+            if block.shape[1] > n:
+                block[:, n:].zero_()
+            blocks.append((block, n))
+        return blocks
 
     def _chunk_product(self, x_t: torch.Tensor) -> torch.Tensor:
-        """``W x^T`` (+ bias for MKL, whose addmm adds it for free) as (out_features, tokens)."""
-        if self.kernel == "mkl":
-            if self.bias is None:
-                return torch.mm(self.weight_csr, x_t)
-            return torch.addmm(self.bias.to(self.weight_csr.dtype)[:, None], self.weight_csr, x_t)
-        return torch.sparse.mm(self.weight_csr, x_t, "sum")
+        """``W x^T + b`` as (out_features, columns)."""
+        weight, bias = self.weight_csr, self.bias
+        if bias is not None and bias.dtype != weight.dtype:
+            bias = bias.to(weight.dtype)
+        if self.kernel == "mkl" or x_t.shape[1] < SPMM_MIN_TOKENS:
+            return torch.mm(weight, x_t) if bias is None else torch.addmm(bias[:, None], weight, x_t)
+        y_t = torch.sparse.mm(weight, x_t, "sum")
+        return y_t if bias is None else y_t.add_(bias[:, None])
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transpose is not None:
-            chunks = self.input_transpose.chunks(x, lambda: self._transposed_chunks(x))
+            blocks = self.input_transpose.chunks(x, lambda: self._transposed_chunks(x))
         else:
-            chunks = self._transposed_chunks(x)
-        parts = [self._chunk_product(c) for c in chunks]
-        add_bias = self.bias is not None and self.kernel != "mkl"
-        bias = self.bias.to(self.weight_csr.dtype) if add_bias else None
+            blocks = self._transposed_chunks(x)
+        parts = [self._chunk_product(block)[:, :n] for block, n in blocks]
         if self.contiguous_output:
             if len(parts) == 1:
-                y = parts[0].t().contiguous()
-            else:
-                y = parts[0].new_empty(sum(p.shape[1] for p in parts), self.out_features)
-                start = 0
-                for p in parts:
-                    y[start : start + p.shape[1]].copy_(p.t())
-                    start += p.shape[1]
-            return y.add_(bias) if bias is not None else y
-        y_t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        if bias is not None:
-            y_t.add_(bias[:, None])
-        return y_t.t()
+                return parts[0].t().contiguous()
+            y = parts[0].new_empty(sum(p.shape[1] for p in parts), self.out_features)
+            start = 0
+            for p in parts:
+                y[start : start + p.shape[1]].copy_(p.t())
+                start += p.shape[1]
+            return y
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).t()
 
     def _autograd_product(self, x2: torch.Tensor) -> torch.Tensor:
         """Out-of-place, differentiable in ``x`` (for input gradients, e.g. saliency)."""

@@ -427,3 +427,27 @@ def test_whole_model_guard_keeps_a_faster_conversion(sparse_bert):
     plan = sparse_bert.sparse_inference_plan
     assert not plan.reverted and plan.model_speedup == pytest.approx(3.0)
     assert plan.to_dict()["model_speedup"] == pytest.approx(3.0) and "kept" in str(plan)
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 63, 64, 200])
+def test_spmm_kernel_hands_few_tokens_to_mkl_and_stays_exact(tokens):
+    from hf_sparse import sparse_linear
+
+    dense = nn.Linear(16, 24)
+    with torch.no_grad():
+        dense.weight.mul_(torch.rand(24, 16, generator=torch.Generator().manual_seed(2)) > 0.8)
+    layer = SparseLinear(copy.deepcopy(dense), kernel="spmm").eval()
+    layer.chunk_tokens = 128  # 200 tokens: a 128-token spmm chunk and a 72-token one
+    x = torch.randn(tokens, 16)
+    called = []
+    original = torch.sparse.mm
+    try:
+        torch.sparse.mm = lambda *a: called.append(a[1].shape[1]) or original(*a)
+        with torch.no_grad():
+            got = layer(x)
+    finally:
+        torch.sparse.mm = original
+    pad = sparse_linear.padded_tokens
+    assert called == ([pad(128), 72] if tokens == 200 else [pad(tokens)] if tokens >= sparse_linear.SPMM_MIN_TOKENS else [])
+    with torch.no_grad():
+        assert (got - dense(x)).abs().max() < 1e-5
