@@ -157,8 +157,10 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(7, 4))
     minilm = [r for r in rows if r["model"] == "all-MiniLM-L6-v2"]
     for batch in sorted({r["batch"] for r in minilm}):
-        pts = sorted((r["sparsity"], r["speedup"]) for r in minilm if r["batch"] == batch)
-        ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"MiniLM batch {batch} x 128")
+        pts = sorted((r["sparsity"], r["speedup"], r.get("speedup_min", r["speedup"]), r.get("speedup_max", r["speedup"]))
+                     for r in minilm if r["batch"] == batch)
+        ax.errorbar([100 * p[0] for p in pts], [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                    marker="o", capsize=3, label=f"MiniLM batch {batch} x 128")
     for r in rows:
         if r["model"] == "ResNet-18":
             ax.scatter([100 * r["sparsity"]], [r["speedup"]], marker="s", color="k", label=f"ResNet-18 batch {r['batch']} (convs dense)")
@@ -171,6 +173,56 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
+def run_processes(args, argv: list) -> None:
+    """The same benchmark in ``args.processes`` fresh processes, aggregated per configuration."""
+    import subprocess
+    import tempfile
+
+    name = "cpu_inference_quick" if args.quick else "cpu_inference"
+    base = [a for i, a in enumerate(argv) if not a.startswith("--processes") and not (i and argv[i - 1] == "--processes")]
+    base = [a for i, a in enumerate(base) if not a.startswith("--out") and not (i and base[i - 1] == "--out")]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = os.path.join(tmp, str(i))
+            subprocess.run([sys.executable, os.path.abspath(__file__), *base, "--out", out], check=True)
+            with open(os.path.join(out, f"{name}.json")) as f:
+                runs.append(json.load(f))
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        for r in run["rows"]:
+            groups.setdefault((r["model"], r["sparsity"], r["batch"], str(r["seq"])), []).append(r)
+    header = "| model | sparsity | batch | input | dense ms | converted ms | speedup median | min | max | per process |"
+    lines = [
+        f"# {name}: dense vs to_sparse_inference in {args.processes} fresh processes "
+        f"({runs[0]['threads']} threads, {os.cpu_count()} CPUs, torch {torch.__version__})",
+        "",
+        "Each process converts and times every configuration itself (see the single-process tables for plans).",
+        f"Load average at the start of each process: {'; '.join(r['load_start'] for r in runs)}.",
+        "",
+        header,
+        "|" + "|".join(["---"] * (header.count("|") - 1)) + "|",
+    ]
+    summary = []
+    for (model, sparsity, batch, seq), rows in groups.items():
+        speed = sorted(r["speedup"] for r in rows)
+        entry = dict(model=model, sparsity=sparsity, batch=batch, seq=seq, speedup=statistics.median(speed),
+                     speedup_min=speed[0], speedup_max=speed[-1], per_process=[r["speedup"] for r in rows],
+                     dense_ms=statistics.median(r["dense_ms"] for r in rows),
+                     sparse_ms=statistics.median(r["sparse_ms"] for r in rows))
+        summary.append(entry)
+        lines.append(f"| {model} | {sparsity:.0%} | {batch} | {seq} | {entry['dense_ms']:.1f} | {entry['sparse_ms']:.1f} | "
+                     f"{entry['speedup']:.2f}x | {speed[0]:.2f}x | {speed[-1]:.2f}x | "
+                     f"{', '.join(f'{v:.2f}' for v in entry['per_process'])} |")
+    os.makedirs(args.out, exist_ok=True)
+    stem = f"{name}_{args.processes}proc"
+    atomic_write_text(os.path.join(args.out, f"{stem}.md"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(args.out, f"{stem}.json"), json.dumps({"summary": summary, "runs": runs}, indent=1))
+    plot(summary, os.path.join(args.out, f"{stem}.png"))
+    print("\n".join(lines))
+    print(f"wrote {args.out}/{stem}.md/.json/.png")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="90/95%% at batch 8, plus ResNet-18 at batch 2")
@@ -181,9 +233,14 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--resnet-batch", type=int, default=8)
     parser.add_argument("--no-resnet", action="store_true")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="run the whole grid in N fresh processes and report median [min-max] speedups "
+                             "(on this VM a process is either 'fast' or 'slow', see docs/inference.md)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.processes > 1:
+        return run_processes(args, argv if argv is not None else sys.argv[1:])
     if args.threads:
         torch.set_num_threads(args.threads)
     sparsities = [0.9, 0.95] if args.quick else [float(s) for s in args.sparsities.split(",")]

@@ -6,14 +6,15 @@ only orientation torch has fast CPU kernels for). Two kernels, chosen per layer 
 
 - ``"spmm"``: ``torch.sparse.mm(W_csr, x^T, "sum")``, torch's own vectorised CSR kernel (the one
   behind sparse ``reduce``); about 1.6x faster than MKL from 128 to 1024 tokens on this CPU;
-- ``"mkl"``: ``torch.addmm(bias, W_csr, x^T)`` with int32 indices (MKL); better for a few tokens.
+- ``"mkl"``: ``torch.addmm(bias, W_csr, x^T)`` with int32 indices (MKL); better for a few tokens,
+  so ``"spmm"`` layers hand calls under ``SPMM_MIN_TOKENS`` tokens to it.
 
-The transposed input ``x^T`` is one contiguous copy per call (shared by sibling layers fed the same
-tensor, e.g. Q/K/V, through a :class:`SharedInputTranspose`); tokens go through in chunks of
-``CHUNK_TOKENS`` so each call's slices stay in cache. The output is made contiguous (strided Q/K/V
-push attention off its fast kernel), except for layers whose output feeds another sparse layer
-(``contiguous_output=False``, set by ``to_sparse_inference`` when measured faster): the next layer
-then needs no input copy. CSR kernels run in float32 for bfloat16/float16 weights (exact: every
+The transposed input ``x^T`` is one copy per call, with rows padded off 4 KiB strides
+(:func:`padded_tokens`), shared by sibling layers fed the same tensor (Q/K/V) through a
+:class:`SharedInputTranspose`; tokens go through in chunks of ``CHUNK_TOKENS``. The output is
+made contiguous (strided Q/K/V push attention off its fast kernel), except for layers whose output
+feeds another sparse layer (``contiguous_output=False``, set by ``to_sparse_inference`` when
+measured faster): the next layer then needs no input copy. CSR kernels run in float32 for bfloat16/float16 weights (exact: every
 bf16/fp16 value is a float32 value), and the product is cast back.
 
 The dense weight is rebuilt bitwise by :meth:`SparseLinear.to_dense_module` (the signs of ``-0.0``
