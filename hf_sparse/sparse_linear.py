@@ -102,16 +102,15 @@ class SharedInputTranspose:
     very same tensor object (held here, so its id cannot be recycled) at the same version (tensors
     made under ``torch.inference_mode`` have no version counter: an in-place change of such an
     input between two siblings' calls would not be seen). The copy is dropped once every sibling
-    has used it, so nothing outlives the forward pass.
+    has used it, so nothing outlives the forward pass. The state is one tuple, read and replaced
+    whole, so threads sharing a model can at worst recompute a copy, never use another's.
     """
 
     def __init__(self, members: int):
         if members < 2:
             raise ValueError(f"a shared input transpose needs at least 2 layers, got {members}")
         self.members = members
-        self._source: Optional[torch.Tensor] = None
-        self._version: Optional[int] = None
-        self._chunks: Optional[list[torch.Tensor]] = None
+        self._state: Optional[tuple] = None  # (source tensor, version, blocks)
         self._uses = 0
 
     @staticmethod
@@ -121,20 +120,25 @@ class SharedInputTranspose:
         except RuntimeError:  # inference tensors track no version
             return None
 
+    @property
+    def holds_input(self) -> bool:
+        return self._state is not None
+
     def chunks(self, x: torch.Tensor, make: Callable[[], list]) -> list:
         version = self._version_of(x)
-        if self._source is x and self._version == version and self._chunks is not None:
-            chunks = self._chunks
+        state = self._state
+        if state is not None and state[0] is x and state[1] == version:
             self._uses += 1
+            blocks = state[2]
         else:
-            chunks = make()
-            self._source, self._version, self._chunks, self._uses = x, version, chunks, 1
+            blocks = make()
+            self._state, self._uses = (x, version, blocks), 1
         if self._uses >= self.members:
             self.clear()
-        return chunks
+        return blocks
 
     def clear(self) -> None:
-        self._source = self._version = self._chunks = None
+        self._state = None
         self._uses = 0
 
 

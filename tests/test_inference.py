@@ -360,7 +360,7 @@ def test_siblings_share_one_input_transpose_and_release_it(sparse_bert):
     assert sparse_bert.bert.encoder.layer[0].intermediate.dense.input_transpose is None  # fed alone
     with torch.no_grad():
         assert (sparse_bert(**inputs).logits - expected).abs().max() < 1e-5
-    assert cache._source is None and cache._chunks is None  # nothing held after the forward
+    assert not cache.holds_input  # nothing held after the forward
 
 
 def test_shared_input_transpose_never_reuses_another_or_changed_tensor():
@@ -451,3 +451,18 @@ def test_spmm_kernel_hands_few_tokens_to_mkl_and_stays_exact(tokens):
     assert called == ([pad(128), 72] if tokens == 200 else [pad(tokens)] if tokens >= sparse_linear.SPMM_MIN_TOKENS else [])
     with torch.no_grad():
         assert (got - dense(x)).abs().max() < 1e-5
+
+
+def test_timer_stops_early_only_when_the_winner_is_clear():
+    import time
+
+    from hf_sparse.inference import _clear, interleaved_timer
+
+    assert _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [2.0] * 3})  # 1/2 < 0.7
+    assert not _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [1.2] * 3})  # runner-up close
+    assert not _clear({"dense": [1.0] * 3})
+    timer = interleaved_timer(repeats=7, budget_s=10.0)
+    clear = timer("x", {"slow": lambda: time.sleep(0.01), "fast": lambda: None})
+    assert len(clear["fast"]) == len(clear["slow"]) == 3
+    close = timer("x", {"a": lambda: time.sleep(0.005), "b": lambda: time.sleep(0.005)})
+    assert len(close["a"]) == len(close["b"]) == 7
