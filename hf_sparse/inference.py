@@ -313,13 +313,18 @@ def to_sparse_inference(
             swaps[name] = (module, sparse)
             _set_module(model, name, sparse)
         plan.append(choice)
-    plan.shared_inputs = _share_input_transposes({n: inputs[n] for n in swaps if n in inputs}, model)
-    inputs.clear()
-    if tune_layout and example_inputs is not None and plan.converted:
-        _tune_layouts(model, example_inputs, timer, plan)
-    if example_inputs is not None and swaps:
-        plan.model_speedup = _model_speedup(model, example_inputs, timer, swaps)
-        plan.reverted = plan.model_speedup < min_model_speedup
+    try:
+        plan.shared_inputs = _share_input_transposes({n: inputs[n] for n in swaps if n in inputs}, model)
+        inputs.clear()
+        if tune_layout and example_inputs is not None and plan.converted:
+            _tune_layouts(model, example_inputs, timer, plan)
+        if example_inputs is not None and swaps:
+            plan.model_speedup = _model_speedup(model, example_inputs, timer, swaps)
+            plan.reverted = plan.model_speedup < min_model_speedup
+    except BaseException:
+        for name, (dense_module, _) in swaps.items():  # leave the model as it came, dense
+            _set_module(model, name, dense_module)
+        raise
     for name, (dense_module, sparse) in swaps.items():
         if plan.reverted:
             _set_module(model, name, dense_module)

@@ -466,3 +466,17 @@ def test_timer_stops_early_only_when_the_winner_is_clear():
     assert len(clear["fast"]) == len(clear["slow"]) == 3
     close = timer("x", {"a": lambda: time.sleep(0.005), "b": lambda: time.sleep(0.005)})
     assert len(close["a"]) == len(close["b"]) == 7
+
+
+def test_a_failure_after_the_layer_choice_leaves_the_model_dense(sparse_bert):
+    originals = {t.module_name: sparse_bert.get_submodule(t.module_name) for t in find_targets(sparse_bert)}
+
+    def timer(name, candidates):
+        if name == "<model>":
+            raise KeyboardInterrupt  # e.g. the user stops a long whole-model timing
+        return always("spmm")(name, candidates)
+
+    with pytest.raises(KeyboardInterrupt):
+        to_sparse_inference(sparse_bert, bert_inputs(), timer=timer)
+    assert all(sparse_bert.get_submodule(n) is m and m.weight is not None for n, m in originals.items())
+    assert not any(isinstance(m, SparseLinear) for m in sparse_bert.modules())
