@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .sparse_linear import KERNELS, SharedInputTranspose, SparseLinear, compute_dtype_for, is_linear_like, linear_weight
+from .sparse_linear import SharedInputTranspose, SparseLinear, compute_dtype_for, is_linear_like, kernels_for, linear_weight
 from .targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ def _decide(
     weight = linear_weight(dense_module)
     sparsity = 1.0 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1)
     # Throw-away kernels on copies: the real module must stay intact until the decision.
-    probes = {kernel: SparseLinear(_detached_copy(dense_module), name, kernel=kernel).eval() for kernel in KERNELS}
+    kernels = kernels_for(weight.device)
+    probes = {kernel: SparseLinear(_detached_copy(dense_module), name, kernel=kernel).eval() for kernel in kernels}
     for probe in probes.values():
         probe.contiguous_output = not transposed_output
     candidates: dict[str, Callable[[], Any]] = {"dense": lambda: dense_module(x)}
@@ -146,11 +147,11 @@ def _decide(
     times = timer(name, candidates)
     dense_t = list(times["dense"])
     speedups = {}
-    for kernel in KERNELS:
+    for kernel in kernels:
         sparse_t = list(times[kernel])
         rounds = min(len(dense_t), len(sparse_t))
         speedups[kernel] = statistics.median(d / max(s, 1e-12) for d, s in zip(dense_t[:rounds], sparse_t[:rounds]))
-    best = max(KERNELS, key=lambda k: speedups[k])
+    best = max(kernels, key=lambda k: speedups[k])
     wins = speedups[best] >= min_speedup
     choice = LayerChoice(
         name=name,

@@ -45,6 +45,13 @@ CHUNK_TOKENS = 1024
 
 KERNELS = ("spmm", "mkl")
 
+
+def kernels_for(device: torch.device) -> tuple[str, ...]:
+    """The kernels that run on ``device``. torch's ``sparse.mm(..., "sum")`` kernel is CPU-only; the
+    ``"mkl"`` form (``addmm`` on a CSR weight) runs on CUDA through cuSPARSE (not measured here:
+    no GPU was available; see docs/inference.md)."""
+    return KERNELS if torch.device(device).type == "cpu" else ("mkl",)
+
 # Below this many tokens per call the "spmm" kernel hands over to MKL: torch's kernel vectorises
 # over tokens and loses to dense at 1-8 tokens (0.4x at 90%), where MKL still wins (1.1-2.4x);
 # they cross near 64 tokens (benchmarks/sparse_kernels.py). Keeps short pipeline inputs fast.
@@ -153,9 +160,9 @@ class SparseLinear(nn.Module):
         super().__init__()
         if not is_linear_like(module):
             raise TypeError(f"SparseLinear wraps nn.Linear or transformers Conv1D, got {type(module).__name__}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         weight = linear_weight(module)
+        if kernel not in kernels_for(weight.device):
+            raise ValueError(f"kernel must be one of {kernels_for(weight.device)} on {weight.device.type}, got {kernel!r}")
         self.layer_name = name
         self.kernel = kernel
         self.contiguous_output = True

@@ -480,3 +480,12 @@ def test_a_failure_after_the_layer_choice_leaves_the_model_dense(sparse_bert):
         to_sparse_inference(sparse_bert, bert_inputs(), timer=timer)
     assert all(sparse_bert.get_submodule(n) is m and m.weight is not None for n, m in originals.items())
     assert not any(isinstance(m, SparseLinear) for m in sparse_bert.modules())
+
+
+def test_kernels_offered_per_device_and_bad_kernel_names():
+    from hf_sparse.sparse_linear import kernels_for
+
+    assert kernels_for(torch.device("cpu")) == ("spmm", "mkl")
+    assert kernels_for(torch.device("cuda")) == ("mkl",)  # torch's "sum" spmm kernel is CPU-only
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        SparseLinear(nn.Linear(4, 4), kernel="bsr")
