@@ -249,8 +249,9 @@ class SparseLinear(nn.Module):
         if x2.dtype != self.weight_csr.dtype:
             x2 = x2.to(self.weight_csr.dtype)
         tokens, chunk = x2.shape[0], max(int(self.chunk_tokens), 1)
-        if tokens <= chunk and x2.t().is_contiguous():
-            return [(x2.t(), tokens)]  # a chained sparse producer's output: no copy needed
+        x_t = x2.t()
+        if tokens <= chunk and x_t.stride(1) == 1 and x_t.stride(0) >= max(tokens, 1):
+            return [(x_t, tokens)]  # (features, tokens) rows already, e.g. a chained producer's output
         blocks = []
         for start in range(0, max(tokens, 1), chunk):
             part = x2[start : start + chunk]

@@ -489,3 +489,22 @@ def test_kernels_offered_per_device_and_bad_kernel_names():
     assert kernels_for(torch.device("cuda")) == ("mkl",)  # torch's "sum" spmm kernel is CPU-only
     with pytest.raises(ValueError, match="kernel must be one of"):
         SparseLinear(nn.Linear(4, 4), kernel="bsr")
+
+
+@pytest.mark.parametrize("kernel", ["spmm", "mkl"])
+def test_directly_chained_layers_take_the_padded_transposed_view_exactly(kernel):
+    g = torch.Generator().manual_seed(5)
+    first, second = nn.Linear(20, 24), nn.Linear(24, 6)
+    with torch.no_grad():
+        for layer in (first, second):
+            layer.weight.mul_(torch.rand(layer.weight.shape, generator=g) > 0.6)
+    a = SparseLinear(copy.deepcopy(first), kernel=kernel).eval()
+    b = SparseLinear(copy.deepcopy(second), kernel=kernel).eval()
+    a.contiguous_output = False
+    x = torch.randn(2, 64, 20, generator=g)  # 128 tokens: padded to 144 columns
+    with torch.no_grad():
+        hidden = a(x)
+        assert hidden.reshape(-1, 24).t().stride() == (144, 1)  # rows padded, handed over as a view
+        got = b(hidden)
+        expected = second(first(x))
+    assert (got - expected).abs().max() < 1e-5
