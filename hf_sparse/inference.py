@@ -277,8 +277,11 @@ def to_sparse_inference(
 
     # Producer -> consumer pairs of sparse candidates (an MLP's up -> GELU -> down): each is timed
     # in the layout it would run in when both are sparse (see _tune_layouts for the final say).
-    chains = _chains(model, example_inputs, candidates) if tune_layout and example_inputs is not None and candidates else {}
-    producer_of = {consumer: producer for producer, consumer in chains.items()}
+    chains = _chains(model, example_inputs, candidates) if tune_layout and example_inputs is not None and candidates else []
+    producers = {producer for producer, _ in chains}
+    producer_of: dict[str, str] = {}
+    for producer, consumer in chains:
+        producer_of.setdefault(consumer, producer)
 
     def make_hook(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
@@ -290,7 +293,7 @@ def to_sparse_inference(
                 if transposed_input:
                     x = _transposed_layout(x)
                 decisions[name] = _decide(
-                    name, module, x, timer, min_speedup, transposed_output=name in chains, transposed_input=transposed_input
+                    name, module, x, timer, min_speedup, transposed_output=name in producers, transposed_input=transposed_input
                 )
 
         return hook
@@ -318,7 +321,8 @@ def to_sparse_inference(
         plan.shared_inputs = _share_input_transposes({n: inputs[n] for n in swaps if n in inputs}, model)
         inputs.clear()
         if tune_layout and example_inputs is not None and plan.converted:
-            _tune_layouts(model, example_inputs, timer, plan)
+            chained = sorted({producer for producer, consumer in chains if producer in swaps and consumer in swaps})
+            _tune_layouts(model, example_inputs, timer, plan, chained)
         if example_inputs is not None and swaps:
             plan.model_speedup = _model_speedup(model, example_inputs, timer, swaps)
             plan.reverted = plan.model_speedup < min_model_speedup
@@ -388,10 +392,11 @@ def _model_speedup(model: nn.Module, example_inputs: Any, timer: Timer, swaps: M
     return statistics.median(d / max(t, 1e-12) for d, t in zip(times["dense"][:rounds], times["sparse"][:rounds]))
 
 
-def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Module]) -> dict[str, str]:
-    """``{producer: consumer}`` for layers (among ``layers``) whose output reaches another of them
-    directly or through one shape-keeping leaf module (an activation, a dropout): e.g. BERT's
-    intermediate -> GELU -> output. Found with forward hooks during one pass on ``example_inputs``.
+def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Module]) -> list[tuple[str, str]]:
+    """``(producer, consumer)`` pairs of ``layers``, in the order first seen, where the producer's
+    output reaches the consumer directly or through one shape-keeping leaf module (an activation,
+    a dropout): e.g. BERT's intermediate -> GELU -> output. Found with forward hooks during one
+    pass on ``example_inputs``.
 
     A sparse producer can return its product as the transposed view it already is: its sparse
     consumer then needs no copy of its input, and neither layer copies its output.
@@ -400,7 +405,7 @@ def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Modul
     direct: dict[int, str] = {}  # id(tensor) -> the layer that produced it
     through: dict[int, str] = {}  # id(tensor) -> the layer behind one elementwise module
     alive: list[torch.Tensor] = []  # keeps ids unique during the pass
-    pairs: dict[str, str] = {}
+    pairs: dict[tuple[str, str], None] = {}  # an ordered set
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
@@ -408,7 +413,7 @@ def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Modul
         source = direct.get(id(args[0])) or through.get(id(args[0]))
         if id(module) in names:
             if source is not None:
-                pairs.setdefault(source, names[id(module)])
+                pairs.setdefault((source, names[id(module)]))
             direct[id(output)] = names[id(module)]
             alive.append(output)
         elif id(args[0]) in direct and output.shape == args[0].shape:
@@ -422,18 +427,12 @@ def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Modul
     finally:
         for h in handles:
             h.remove()
-    return pairs
+    return list(pairs)
 
 
-def _layout_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
-    """SparseLinear layers whose output feeds another SparseLinear (see :func:`_chains`)."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
-    return sorted(_chains(model, example_inputs, layers))
-
-
-def _tune_layouts(model: nn.Module, example_inputs: Any, timer: Timer, plan: "SparseInferencePlan") -> None:
-    """Let chained sparse layers skip their output copies, if the whole model is then faster."""
-    chained = _layout_candidates(model, example_inputs)
+def _tune_layouts(model: nn.Module, example_inputs: Any, timer: Timer, plan: "SparseInferencePlan", chained: list[str]) -> None:
+    """Let ``chained`` sparse layers (their output feeds another sparse layer) skip their output
+    copies, if the whole model is then faster."""
     if not chained:
         return
     layers = [model.get_submodule(n) for n in chained]
