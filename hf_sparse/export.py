@@ -19,6 +19,7 @@ from . import compressed as native
 from . import ct_layout
 from .config import SparsityConfig
 from .io_utils import atomic_write_text
+from .masks import check_masks_fit
 from .sparse_format import (
     COMPRESSED_TENSORS,
     DENSE,
@@ -64,20 +65,11 @@ def resolve_masks(
     model: nn.Module, masks: Optional[Mapping[str, torch.Tensor]], config: Optional[dict]
 ) -> dict[str, torch.Tensor]:
     """The masks to save: given ones (checked against the model), else ``weight != 0`` of the targets."""
-    params = dict(model.named_parameters())
     if masks is None:
         targets = find_targets(model, (config or {}).get("targets"), (config or {}).get("ignore"))
         return {t.name: t.param.detach().ne(0).cpu() for t in targets}
-    resolved = {}
-    for name, mask in masks.items():
-        if name not in params:
-            raise ValueError(f"mask {name!r} names no parameter of the model (e.g. {next(iter(params), None)!r})")
-        if tuple(mask.shape) != tuple(params[name].shape):
-            raise ValueError(
-                f"mask/weight shape mismatch for {name}: mask {tuple(mask.shape)} vs weight {tuple(params[name].shape)}"
-            )
-        resolved[name] = mask.detach().cpu().to(torch.bool)
-    return resolved
+    check_masks_fit(dict(model.named_parameters()), masks)
+    return {name: mask.detach().cpu().to(torch.bool) for name, mask in masks.items()}
 
 
 def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import compressed as native
 from . import ct_layout
+from .export import resolve_masks
 from .sparse_format import (
     COMPRESSED_TENSORS,
     DENSE,
@@ -36,8 +37,8 @@ from .sparse_format import (
     json_meta,
     read_masks,
 )
+from .masks import check_masks_fit
 from .st_files import load_tensors, open_checked, read_metadata, weight_files
-from .targets import find_targets
 
 logger = logging.getLogger(__name__)
 
@@ -211,16 +212,9 @@ def load_sparse(
     masks = read_masks(files) if files else implied
     if not masks:
         saved = json_meta(metadata, KEY_CONFIG, directory) or {}
-        masks = {t.name: t.param.detach().ne(0).cpu() for t in find_targets(model, saved.get("targets"), saved.get("ignore"))}
+        masks = resolve_masks(model, None, saved)
         logger.info("%s stores no masks: using weight != 0 over %d target weights", directory, len(masks))
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        if name not in params:
-            raise ValueError(f"{directory}: mask {name!r} names no parameter of the loaded model")
-        if tuple(mask.shape) != tuple(params[name].shape):
-            raise ValueError(
-                f"{directory}: mask/weight shape mismatch for {name}: mask {tuple(mask.shape)} vs weight {tuple(params[name].shape)}"
-            )
+    check_masks_fit(dict(model.named_parameters()), masks, where=directory)
     from .existing_masks import attach_masks  # local: existing_masks reads folders through this module
 
     attach_masks(model, masks)

@@ -142,6 +142,19 @@ def magnitude_scores(weights: Mapping[str, torch.Tensor], masks: Mapping[str, to
     return {name: masked_scores(w.detach().abs(), masks[name]) for name, w in weights.items()}
 
 
+def check_masks_fit(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], where: str = "") -> None:
+    """Every mask names one of ``params`` and has its shape; else a ValueError that says which
+    (``where``, e.g. a folder, prefixes the message)."""
+    prefix = f"{where}: " if where else ""
+    for name, mask in masks.items():
+        if name not in params:
+            raise ValueError(f"{prefix}mask {name!r} names no parameter of the model (e.g. {next(iter(params), None)!r})")
+        if tuple(mask.shape) != tuple(params[name].shape):
+            raise ValueError(
+                f"{prefix}mask/weight shape mismatch for {name}: mask {tuple(mask.shape)} vs weight {tuple(params[name].shape)}"
+            )
+
+
 def sparsity(mask: torch.Tensor) -> float:
     return 1.0 - int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
 
