@@ -179,13 +179,12 @@ def run_processes(args, argv: list) -> None:
     import tempfile
 
     name = "cpu_inference_quick" if args.quick else "cpu_inference"
-    base = [a for i, a in enumerate(argv) if not a.startswith("--processes") and not (i and argv[i - 1] == "--processes")]
-    base = [a for i, a in enumerate(base) if not a.startswith("--out") and not (i and base[i - 1] == "--out")]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.processes):
             out = os.path.join(tmp, str(i))
-            subprocess.run([sys.executable, os.path.abspath(__file__), *base, "--out", out], check=True)
+            # argparse keeps the last value of a repeated option: these override the parent's
+            subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--processes", "1", "--out", out], check=True)
             with open(os.path.join(out, f"{name}.json")) as f:
                 runs.append(json.load(f))
     groups: dict[tuple, list[dict]] = {}
