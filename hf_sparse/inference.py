@@ -114,14 +114,19 @@ def interleaved_timer(repeats: int = 7, budget_s: float = 1.0) -> Timer:
     return timer
 
 
+def _paired_speedup(base: Sequence[float], other: Sequence[float]) -> float:
+    """Median over rounds of ``base`` time / ``other`` time, round by round (a load spike from
+    another process hits both sides of a pair)."""
+    return statistics.median(b / max(o, 1e-12) for b, o in zip(base, other))
+
+
 def _clear(times: Mapping[str, Sequence[float]]) -> bool:
     """The fastest candidate beats the runner-up by a wide margin (median of paired ratios < 0.7):
     more rounds would not change the choice."""
     if len(times) < 2:
         return False
     ranked = sorted(times.values(), key=statistics.median)
-    ratio = statistics.median(x / max(y, 1e-12) for x, y in zip(ranked[0], ranked[1]))
-    return ratio < 0.7
+    return _paired_speedup(ranked[0], ranked[1]) < 0.7
 
 
 def _decide(
@@ -137,20 +142,24 @@ def _decide(
     layer, so it is timed as it would run then (no output copy)."""
     weight = linear_weight(dense_module)
     sparsity = 1.0 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1)
-    # Throw-away kernels on copies: the real module must stay intact until the decision.
+    # One throw-away kernel on a copy (the real module must stay intact until the decision),
+    # switched between the kernels as it is timed.
     kernels = kernels_for(weight.device)
-    probes = {kernel: SparseLinear(_detached_copy(dense_module), name, kernel=kernel).eval() for kernel in kernels}
-    for probe in probes.values():
-        probe.contiguous_output = not transposed_output
+    probe = SparseLinear(_detached_copy(dense_module), name, kernel=kernels[0]).eval()
+    probe.contiguous_output = not transposed_output
+
+    def run(kernel: str) -> Callable[[], Any]:
+        def fn() -> Any:
+            probe.kernel = kernel
+            return probe(x)
+
+        return fn
+
     candidates: dict[str, Callable[[], Any]] = {"dense": lambda: dense_module(x)}
-    candidates.update({kernel: (lambda probe=probe: probe(x)) for kernel, probe in probes.items()})
+    candidates.update({kernel: run(kernel) for kernel in kernels})
     times = timer(name, candidates)
     dense_t = list(times["dense"])
-    speedups = {}
-    for kernel in kernels:
-        sparse_t = list(times[kernel])
-        rounds = min(len(dense_t), len(sparse_t))
-        speedups[kernel] = statistics.median(d / max(s, 1e-12) for d, s in zip(dense_t[:rounds], sparse_t[:rounds]))
+    speedups = {kernel: _paired_speedup(dense_t, times[kernel]) for kernel in kernels}
     best = max(kernels, key=lambda k: speedups[k])
     wins = speedups[best] >= min_speedup
     choice = LayerChoice(
@@ -164,7 +173,8 @@ def _decide(
         reason=f"faster ({best})" if wins else f"sparse not {min_speedup:g}x faster",
         timed_layout=f"in:{_LAYOUTS[transposed_input]}/out:{_LAYOUTS[transposed_output]}",
     )
-    return choice, (probes[best] if wins else None)
+    probe.kernel = best
+    return choice, (probe if wins else None)
 
 
 _LAYOUTS = {False: "tokens-major", True: "features-major"}
@@ -388,8 +398,7 @@ def _model_speedup(model: nn.Module, example_inputs: Any, timer: Timer, swaps: M
     finally:
         for name, (_, sparse) in swaps.items():
             _set_module(model, name, sparse)
-    rounds = min(len(times["dense"]), len(times["sparse"]))
-    return statistics.median(d / max(t, 1e-12) for d, t in zip(times["dense"][:rounds], times["sparse"][:rounds]))
+    return _paired_speedup(times["dense"], times["sparse"])
 
 
 def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Module]) -> list[tuple[str, str]]:
@@ -446,8 +455,7 @@ def _tune_layouts(model: nn.Module, example_inputs: Any, timer: Timer, plan: "Sp
         return fn
 
     times = timer("<model>", {"contiguous": run(False), "transposed": run(True)})
-    rounds = min(len(times["contiguous"]), len(times["transposed"]))
-    gain = statistics.median(c / max(t, 1e-12) for c, t in zip(times["contiguous"][:rounds], times["transposed"][:rounds]))
+    gain = _paired_speedup(times["contiguous"], times["transposed"])
     keep = gain > 1.0
     for layer in layers:
         layer.contiguous_output = not keep
