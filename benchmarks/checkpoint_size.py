@@ -24,8 +24,8 @@ from safetensors import safe_open
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hf_sparse  # noqa: E402
-from hf_sparse.masks import nm_mask, topk_mask  # noqa: E402
-from hf_sparse.targets import find_targets  # noqa: E402
+from hf_sparse.core.masks import nm_mask, topk_mask  # noqa: E402
+from hf_sparse.core.targets import find_targets  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYOUTS = {"dense": False, "native": True, "compressed-tensors": "compressed-tensors"}

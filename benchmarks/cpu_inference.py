@@ -33,8 +33,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from hf_sparse import to_sparse_inference  # noqa: E402
-from hf_sparse.io_utils import atomic_write_text  # noqa: E402
-from hf_sparse.targets import find_targets  # noqa: E402
+from hf_sparse.io.files import atomic_write_text  # noqa: E402
+from hf_sparse.core.targets import find_targets  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

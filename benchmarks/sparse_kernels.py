@@ -1,4 +1,4 @@
-"""The kernel forms behind ``hf_sparse.sparse_linear.SparseLinear``, one Linear at a time, on this CPU.
+"""The kernel forms behind ``hf_sparse.inference.sparse_linear.SparseLinear``, one Linear at a time, on this CPU.
 
 For each weight shape (all-MiniLM-L6-v2's 384x384, 1536x384 and 384x1536), sparsity and token
 count, times ``F.linear`` (dense) against the CSR forms ``to_sparse_inference`` can choose from,
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from hf_sparse.io_utils import atomic_write_text  # noqa: E402
+from hf_sparse.io.files import atomic_write_text  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SHAPES = [(384, 384), (1536, 384), (384, 1536)]

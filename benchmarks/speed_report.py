@@ -2,7 +2,7 @@
 
 Builds ``BertForSequenceClassification(BertConfig())`` (110M parameters, no download), prunes the
 targeted weights by magnitude per layer, and runs ``hf_sparse.report`` on the current device
-(dense baseline vs sparse with dense kernels; CPU sparse kernels when ``hf_sparse.inference`` is
+(dense baseline vs sparse with dense kernels; CPU sparse kernels when ``hf_sparse.inference.convert`` is
 installed; 2:4 semi-structured kernels on a CUDA GPU in fp16). Prints one row per setting and
 writes ``benchmarks/results/speed_report.json``, one PNG per setting and a summary PNG.
 
@@ -25,9 +25,9 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hf_sparse  # noqa: E402
-from hf_sparse.io_utils import atomic_write_text  # noqa: E402
-from hf_sparse.masks import nm_mask, topk_mask  # noqa: E402
-from hf_sparse.targets import find_targets  # noqa: E402
+from hf_sparse.io.files import atomic_write_text  # noqa: E402
+from hf_sparse.core.masks import nm_mask, topk_mask  # noqa: E402
+from hf_sparse.core.targets import find_targets  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SETTINGS = [("dense", None), ("unstructured 50%", 0.5), ("unstructured 90%", 0.9), ("2:4", "2:4")]

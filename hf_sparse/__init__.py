@@ -1,23 +1,23 @@
 """hf_sparse: sparse training and fine-tuning inside the Hugging Face Trainer."""
 
-from .callback import SparsityCallback
+from .training.callback import SparsityCallback
 from .config import SparsityConfig
-from .distill import DistillationConfig
-from .export import save_sparse
-from .loading import load_masks, load_sparse
-from .lora import MergeResult, merge_and_unload
-from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
-from .inference import from_sparse_inference, to_sparse_inference
+from .training.distill import DistillationConfig
+from .io.save import save_sparse
+from .io.load import load_masks, load_sparse
+from .lora.merge import MergeResult, merge_and_unload
+from .lora.peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
+from .inference.convert import from_sparse_inference, to_sparse_inference
 from .methods.base import PruningMethod
-from .existing_masks import read_masks
-from .presets import available_presets, recommend_schedule_scale
+from .io.existing_masks import read_masks
+from .training.presets import available_presets, recommend_schedule_scale
 from .registry import available_methods, get_method_class, register_method
-from .report import SparsityReport, sparsity_report
-from .semi_structured import to_semi_structured
-from .size_speed import SizeSpeedReport, report  # binds hf_sparse.report to the function (module stays importable)
-from .sparsifier import Sparsifier
-from .trainer import SparseTrainer
-from .hub import push_to_hub
+from .reporting.sparsity_report import SparsityReport, sparsity_report
+from .inference.semi_structured import to_semi_structured
+from .reporting.size_speed import SizeSpeedReport, report  # hf_sparse.report is the function (no module of that name)
+from .core.sparsifier import Sparsifier
+from .training.trainer import SparseTrainer
+from .io.hub import push_to_hub
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .io_utils import atomic_write_text
+from .io.files import atomic_write_text
 
 CONFIG_NAME = "sparsity_config.json"
 ALLOCATIONS = ("uniform", "global", "erk")
@@ -133,7 +133,7 @@ class SparsityConfig:
 
     def _check_fine_tuning(self) -> None:
         """Schedule scale and LR rewinding (sparse-aware fine-tuning, shared/methods.md section 3)."""
-        from .lr_schedules import LR_SHAPES  # local: keeps config import-light
+        from .training.lr_schedules import LR_SHAPES  # local: keeps config import-light
 
         scale = self.schedule_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 1.0:
@@ -205,8 +205,8 @@ class SparsityConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "SparsityConfig":
-        """A named recipe (``hf_sparse.presets``) with any field overridden, e.g. ``sparsity=0.8``."""
-        from .presets import preset_fields
+        """A named recipe (``hf_sparse.training.presets``) with any field overridden, e.g. ``sparsity=0.8``."""
+        from .training.presets import preset_fields
 
         return cls.from_dict({**preset_fields(name), **overrides})
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from hf_sparse.masks import nm_mask, topk_mask
-from hf_sparse.targets import find_targets
+from hf_sparse.core.masks import nm_mask, topk_mask
+from hf_sparse.core.targets import find_targets
 
 
 def tiny_resnet(seed: int = 0):

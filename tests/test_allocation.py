@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from hf_sparse.allocation import Allocation, erk_densities
-from hf_sparse.targets import find_targets
+from hf_sparse.core.allocation import Allocation, erk_densities
+from hf_sparse.core.targets import find_targets
 
 
 def _targets():

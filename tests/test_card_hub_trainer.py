@@ -127,7 +127,7 @@ def test_push_to_hub_model(tmp_path, fake_hub, compressed):
     assert_bitwise_equal(state(loaded), state(model))
     assert all(torch.equal(loaded_masks[k], masks[k]) for k in masks)
     expected_layout = {False: "dense", True: "native", "compressed-tensors": "compressed-tensors"}[compressed]
-    assert hf_sparse.loading.detect_format(folder) == expected_layout
+    assert hf_sparse.io.load.detect_format(folder) == expected_layout
 
 
 def test_push_to_hub_converts_a_folder(tmp_path, fake_hub):
@@ -166,7 +166,7 @@ def test_cli_inspect_compress_export(tmp_path, capsys):
 
 
 def test_template_ships_with_the_package():
-    from hf_sparse.model_card import template_text
+    from hf_sparse.io.model_card import template_text
 
     text = template_text()
     assert "$front_matter" in text and "$layer_table" in text

@@ -13,10 +13,10 @@ import torch
 from transformers import BertForSequenceClassification, TrainerCallback
 
 from hf_sparse import SparseTrainer, Sparsifier, SparsityConfig, read_masks
-from hf_sparse.checkpoint import save_sparsity_state
-from hf_sparse.existing_masks import attach_masks
-from hf_sparse.masks import topk_mask
-from hf_sparse.targets import find_targets
+from hf_sparse.io.training_state import save_sparsity_state
+from hf_sparse.io.existing_masks import attach_masks
+from hf_sparse.core.masks import topk_mask
+from hf_sparse.core.targets import find_targets
 
 from conftest import PairDataset, tiny_bert, training_args
 
@@ -207,7 +207,7 @@ def test_export_folders_are_read_first_when_the_export_feature_is_installed(tmp_
             raise FileNotFoundError(directory)
         return stored
 
-    monkeypatch.setitem(sys.modules, "hf_sparse.loading", types.SimpleNamespace(load_masks=load_masks))
+    monkeypatch.setitem(sys.modules, "hf_sparse.io.load", types.SimpleNamespace(load_masks=load_masks))
     (tmp_path / "sparse").mkdir()
     (tmp_path / "dense").mkdir()
     assert read_masks(str(tmp_path / "sparse")) is stored

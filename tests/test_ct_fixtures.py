@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import hf_sparse
-from hf_sparse import ct_layout
+from hf_sparse.io import ct_layout
 
 from export_helpers import assert_bitwise_equal, bits, state
 
@@ -34,7 +34,7 @@ def _fixture(name):
 def test_fixture_read_bitwise(name):
     folder, reference, expected = _fixture(name)
     assert json.load(open(os.path.join(folder, "versions.json")))["compressed_tensors"] == "0.14.0.1"
-    assert hf_sparse.loading.detect_format(folder) == "compressed-tensors"
+    assert hf_sparse.io.load.detect_format(folder) == "compressed-tensors"
     decoded, masks = ct_layout.decode_state(load_file(os.path.join(folder, "model.safetensors")))
     assert masks, "no compressed module found"
     # weights the writer compressed: -0.0 -> +0.0 except where compressed-tensors' 2:4 kept a zero

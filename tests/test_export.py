@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import hf_sparse
-from hf_sparse import compressed as native
-from hf_sparse.sparse_format import FORMAT_VERSION
+from hf_sparse.io import compressed_tensors as native
+from hf_sparse.io.native_format import FORMAT_VERSION
 
 from conftest import tiny_bert
 from export_helpers import assert_bitwise_equal, prune, state, tiny_resnet
@@ -54,7 +54,7 @@ def test_round_trip_bf16_and_24(tmp_path, compressed):
     assert_bitwise_equal(state(loaded), expected)
     assert all(torch.equal(loaded_masks[k], masks[k]) for k in masks)
     if compressed is True:
-        info = hf_sparse.loading.describe(tmp_path)
+        info = hf_sparse.io.load.describe(tmp_path)
         assert {r["encoding"] for r in info["layers"].values()} == {"2:4"}
         with safe_open(os.path.join(tmp_path, "model.sparse.safetensors"), "pt") as f:
             name = next(iter(masks))
@@ -103,7 +103,7 @@ def test_resave_in_other_layout_leaves_no_stale_weights(tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "sparse_masks.safetensors"))
     hf_sparse.save_sparse(model, tmp_path)
     assert not os.path.exists(os.path.join(tmp_path, "model.sparse.safetensors"))
-    assert hf_sparse.loading.detect_format(tmp_path) == "dense"
+    assert hf_sparse.io.load.detect_format(tmp_path) == "dense"
 
 
 @pytest.mark.parametrize("compressed", LAYOUTS)
@@ -142,7 +142,7 @@ def test_native_sizes_meet_goals():
     weight = torch.randn(768, 3072)
     dense_bytes = weight.numel() * 4
     for sparsity, goal, expected_encoding in ((0.9, 0.14, "bitmask"), (0.99, 0.03, "index"), (0.999, 0.005, "index")):
-        mask = hf_sparse.masks.topk_mask(weight.abs(), int(round(weight.numel() * (1 - sparsity))))
+        mask = hf_sparse.core.masks.topk_mask(weight.abs(), int(round(weight.numel() * (1 - sparsity))))
         encoding, parts = native.encode(weight * mask, mask)
         size = sum(t.numel() * t.element_size() for t in parts.values())
         assert encoding == expected_encoding

@@ -17,8 +17,8 @@ from hf_sparse import (
     available_presets,
     recommend_schedule_scale,
 )
-from hf_sparse.diagnostics import undertraining_verdict
-from hf_sparse.distill import distillation_loss, kd_loss
+from hf_sparse.training.diagnostics import undertraining_verdict
+from hf_sparse.training.distill import distillation_loss, kd_loss
 
 from conftest import TinyMLP, VectorDataset, training_args
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hf_sparse import from_sparse_inference, to_sparse_inference
-from hf_sparse.sparse_linear import SparseLinear
-from hf_sparse.targets import find_targets
+from hf_sparse.inference.sparse_linear import SparseLinear
+from hf_sparse.core.targets import find_targets
 
 from conftest import tiny_bert
 
@@ -88,7 +88,7 @@ def test_real_timing_keeps_a_tiny_layer_dense_and_logs(caplog):
     with torch.no_grad():
         model[0].weight.mul_(torch.tensor([[1.0, 0, 0, 0]] * 4))
         model[2].weight.mul_(torch.tensor([[1.0, 0, 0, 0]] * 4))
-    with caplog.at_level(logging.INFO, logger="hf_sparse.inference"):
+    with caplog.at_level(logging.INFO, logger="hf_sparse.inference.convert"):
         to_sparse_inference(model, torch.randn(2, 4), targets=[r"^\d$"], min_speedup=1.0)
     plan = model.sparse_inference_plan
     assert len(plan) == 2 and all(c.speedup is not None and c.dense_ms > 0 and c.sparse_ms > 0 for c in plan)
@@ -364,7 +364,7 @@ def test_siblings_share_one_input_transpose_and_release_it(sparse_bert):
 
 
 def test_shared_input_transpose_never_reuses_another_or_changed_tensor():
-    from hf_sparse.sparse_linear import SharedInputTranspose
+    from hf_sparse.inference.sparse_linear import SharedInputTranspose
 
     denses = [nn.Linear(6, 5) for _ in range(2)]
     with torch.no_grad():
@@ -391,7 +391,7 @@ def test_chained_consumer_is_timed_on_the_producers_layout(sparse_bert):
     assert by_name["bert.encoder.layer.0.intermediate.dense"].timed_layout == "in:tokens-major/out:features-major"
     assert by_name["bert.encoder.layer.0.output.dense"].timed_layout == "in:features-major/out:tokens-major"
     assert by_name["bert.encoder.layer.0.attention.self.query"].timed_layout == "in:tokens-major/out:tokens-major"
-    from hf_sparse.inference import _transposed_layout
+    from hf_sparse.inference.convert import _transposed_layout
 
     x = torch.randn(2, 3, 4)
     xt = _transposed_layout(x)
@@ -408,7 +408,7 @@ def test_whole_model_guard_reverts_when_not_faster(sparse_bert, caplog):
             return {"dense": [1.0] * 3, "sparse": [1.01] * 3}  # every layer won, the whole model did not
         return always("spmm")(name, candidates)
 
-    with caplog.at_level(logging.WARNING, logger="hf_sparse.inference"):
+    with caplog.at_level(logging.WARNING, logger="hf_sparse.inference.convert"):
         to_sparse_inference(sparse_bert, bert_inputs(), timer=timer)
     plan = sparse_bert.sparse_inference_plan
     assert plan.reverted and plan.model_speedup == pytest.approx(1 / 1.01)
@@ -431,7 +431,7 @@ def test_whole_model_guard_keeps_a_faster_conversion(sparse_bert):
 
 @pytest.mark.parametrize("tokens", [1, 8, 63, 64, 200])
 def test_spmm_kernel_hands_few_tokens_to_mkl_and_stays_exact(tokens):
-    from hf_sparse import sparse_linear
+    from hf_sparse.inference import sparse_linear
 
     dense = nn.Linear(16, 24)
     with torch.no_grad():
@@ -456,7 +456,7 @@ def test_spmm_kernel_hands_few_tokens_to_mkl_and_stays_exact(tokens):
 def test_timer_stops_early_only_when_the_winner_is_clear():
     import time
 
-    from hf_sparse.inference import _clear, interleaved_timer
+    from hf_sparse.inference.convert import _clear, interleaved_timer
 
     assert _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [2.0] * 3})  # 1/2 < 0.7
     assert not _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [1.2] * 3})  # runner-up close
@@ -483,7 +483,7 @@ def test_a_failure_after_the_layer_choice_leaves_the_model_dense(sparse_bert):
 
 
 def test_kernels_offered_per_device_and_bad_kernel_names():
-    from hf_sparse.sparse_linear import kernels_for
+    from hf_sparse.inference.sparse_linear import kernels_for
 
     assert kernels_for(torch.device("cpu")) == ("spmm", "mkl")
     assert kernels_for(torch.device("cuda")) == ("mkl",)  # torch's "sum" spmm kernel is CPU-only

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from hf_sparse.io_utils import atomic_path, atomic_write_text
+from hf_sparse.io.files import atomic_path, atomic_write_text
 
 
 def test_atomic_write_has_normal_permissions(tmp_path):

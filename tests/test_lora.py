@@ -10,11 +10,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from hf_sparse import SparseTrainer, SparsityConfig, get_method_class, merge_and_unload
-from hf_sparse.lora import MaskedLoraDeltas, PeftSparsifier, masks_from_directory
+from hf_sparse.lora.merge import MaskedLoraDeltas, PeftSparsifier, masks_from_directory
 from hf_sparse.methods.gmp import GMP
-from hf_sparse.peft_layout import canonical_name
-from hf_sparse.sparsifier import Sparsifier
-from hf_sparse.targets import find_targets
+from hf_sparse.lora.peft_layout import canonical_name
+from hf_sparse.core.sparsifier import Sparsifier
+from hf_sparse.core.targets import find_targets
 
 from conftest import PairDataset, tiny_bert, training_args
 from test_methods_common import FIXED_MASK_METHODS, METHOD_ROWS, InvariantChecker, make_config
@@ -355,7 +355,7 @@ def test_gradient_growth_methods_are_refused_on_a_frozen_base(monkeypatch):
     class GrowsByGradient(GMP):
         needs_gradients = True
 
-    import hf_sparse.sparsifier as engine
+    import hf_sparse.core.sparsifier as engine
 
     monkeypatch.setattr(engine, "get_method_class", lambda name: GrowsByGradient)
     model, sparsifier = sparse_base()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_sparse import SparseTrainer, SparsityConfig
-from hf_sparse.lr_schedules import RewindingLambda, pruning_steps_of, rewinding_factor
+from hf_sparse.training.lr_schedules import RewindingLambda, pruning_steps_of, rewinding_factor
 
 from conftest import TinyMLP, VectorDataset, training_args
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_sparse import masks as M
+from hf_sparse.core import masks as M
 
 
 def test_topk_mask_exact_count_with_ties():

@@ -13,9 +13,9 @@ import torch
 from transformers import TrainerCallback
 
 from hf_sparse import SparseTrainer, SparsityConfig, available_methods, get_method_class
-from hf_sparse.checkpoint import load_sparsity_state
-from hf_sparse.masks import nm_mask, topk_mask
-from hf_sparse.optim_state import _inner
+from hf_sparse.io.training_state import load_sparsity_state
+from hf_sparse.core.masks import nm_mask, topk_mask
+from hf_sparse.core.optim_state import _inner
 
 from conftest import PairDataset, tiny_bert, training_args
 
@@ -39,7 +39,7 @@ METHOD_ROWS: dict[str, dict] = {
 
 def prune_by_magnitude(model, config: SparsityConfig) -> None:
     """Zero the smallest |w| of each target at the config's sparsity/pattern (an already sparse model)."""
-    from hf_sparse.targets import find_targets
+    from hf_sparse.core.targets import find_targets
 
     with torch.no_grad():
         for t in find_targets(model, config.targets, config.ignore):

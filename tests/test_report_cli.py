@@ -7,8 +7,8 @@ import json
 import torch
 
 from hf_sparse.__main__ import main
-from hf_sparse.masks import nm_mask
-from hf_sparse.targets import find_targets
+from hf_sparse.core.masks import nm_mask
+from hf_sparse.core.targets import find_targets
 
 from conftest import tiny_bert
 

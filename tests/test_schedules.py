@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from hf_sparse.schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
+from hf_sparse.methods.schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
 
 
 def test_cubic_boundaries_and_monotone():

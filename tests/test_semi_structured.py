@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from hf_sparse import to_semi_structured
-from hf_sparse.masks import nm_mask
-from hf_sparse.semi_structured import SemiStructuredUnsupportedError
+from hf_sparse.core.masks import nm_mask
+from hf_sparse.inference.semi_structured import SemiStructuredUnsupportedError
 
 
 def mlp_24(hidden: int = 128) -> nn.Sequential:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import hf_sparse
-from hf_sparse.masks import nm_mask
-from hf_sparse.size_speed import count_flops, detect_pattern, verdict
+from hf_sparse.core.masks import nm_mask
+from hf_sparse.reporting.size_speed import count_flops, detect_pattern, verdict
 
 from conftest import TinyMLP, tiny_bert
 
@@ -138,7 +138,7 @@ def test_sparse_kernels_are_measured_when_installed(monkeypatch):
         calls.append(example_inputs)
         return model
 
-    monkeypatch.setitem(sys.modules, "hf_sparse.inference", types.SimpleNamespace(to_sparse_inference=fake_to_sparse_inference))
+    monkeypatch.setitem(sys.modules, "hf_sparse.inference.convert", types.SimpleNamespace(to_sparse_inference=fake_to_sparse_inference))
     r = hf_sparse.report(sparse_mlp(), torch.randn(4, 16), repeats=2, warmup=0)
     names = [v["name"] for v in r["latency"]["variants"]]
     assert names == ["dense", "sparse, dense kernels", "sparse kernels (to_sparse_inference)"] and len(calls) == 1
@@ -147,7 +147,7 @@ def test_sparse_kernels_are_measured_when_installed(monkeypatch):
     def broken(model, example_inputs=None):
         raise RuntimeError("no kernel")
 
-    monkeypatch.setitem(sys.modules, "hf_sparse.inference", types.SimpleNamespace(to_sparse_inference=broken))
+    monkeypatch.setitem(sys.modules, "hf_sparse.inference.convert", types.SimpleNamespace(to_sparse_inference=broken))
     r = hf_sparse.report(sparse_mlp(), torch.randn(4, 16), repeats=2, warmup=0)
     failed = r["latency"]["variants"][-1]
     assert failed["ms"] is None and "no kernel" in failed["error"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_sparse.targets import find_targets
+from hf_sparse.core.targets import find_targets
 
 from conftest import TinyMLP, tiny_bert
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_sparse import SparseTrainer, Sparsifier, SparsityConfig, sparsity_report
-from hf_sparse.checkpoint import STATE_JSON, STATE_TENSORS
+from hf_sparse.io.training_state import STATE_JSON, STATE_TENSORS
 
 from conftest import PairDataset, TinyMLP, VectorDataset, tiny_bert, training_args
 from test_methods_common import InvariantChecker
@@ -138,7 +138,7 @@ def test_skipped_amp_step_defers_the_update():
 
 
 def test_load_best_model_restores_its_masks(tmp_path):
-    from hf_sparse.checkpoint import load_sparsity_state
+    from hf_sparse.io.training_state import load_sparsity_state
 
     args = training_args(tmp_path, eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=4,
                          load_best_model_at_end=True, metric_for_best_model="sparsity_probe", greater_is_better=True)

@@ -49,9 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glue_tasks import GLUE_TASKS, GlueTask, custom_task, get_task, make_compute_metrics  # noqa: E402
 
 from hf_sparse import SparseTrainer, SparsityConfig, sparsity_report  # noqa: E402
-from hf_sparse.distributed import shutdown_distributed  # noqa: E402
-from hf_sparse.distributed import gather_masks_equal  # noqa: E402
-from hf_sparse.io_utils import atomic_write_text  # noqa: E402
+from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
+from hf_sparse.core.distributed import gather_masks_equal  # noqa: E402
+from hf_sparse.io.files import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from hf_sparse import SparseTrainer, SparsityConfig, sparsity_report  # noqa: E402
-from hf_sparse.distributed import shutdown_distributed  # noqa: E402
+from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..convert import convert
+from ..io.resave import convert
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..convert import LAYOUTS, convert
+from ..io.resave import LAYOUTS, convert
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..loading import describe
+from ..io.load import describe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

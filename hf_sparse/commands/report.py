@@ -65,7 +65,7 @@ def load_model(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..size_speed import report
+    from ..reporting.size_speed import report
 
     try:
         shape = parse_shape(args.input_shape)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Optional, Union
 
 import torch
 
-from ..masks import magnitude_scores
+from ..core.masks import magnitude_scores
 from ..registry import register_method
 from .base import Masks, PruningMethod
 

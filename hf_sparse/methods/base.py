@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
 import torch
 
-from ..allocation import Allocation
-from ..schedules import UpdateSteps
-from ..targets import Target
+from ..core.allocation import Allocation
+from .schedules import UpdateSteps
+from ..core.targets import Target
 
 if TYPE_CHECKING:
     from ..config import SparsityConfig
-    from ..existing_masks import ExistingMasks
+    from ..io.existing_masks import ExistingMasks
 
 Masks = dict[str, torch.Tensor]
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
-from ..masks import overall_sparsity
+from ..core.masks import overall_sparsity
 from ..registry import register_method
 from .base import Masks, PruningMethod
 
 if TYPE_CHECKING:
     from ..config import SparsityConfig
-    from ..existing_masks import ExistingMasks
+    from ..io.existing_masks import ExistingMasks
 
 logger = logging.getLogger(__name__)
 

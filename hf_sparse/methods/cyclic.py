@@ -18,7 +18,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..masks import masked_scores, overall_sparsity
+from ..core.masks import masked_scores, overall_sparsity
 from ..registry import register_method
 from .base import Masks, PruningMethod
 from .drop_and_grow import drop_and_grow_mask, drop_fraction_at

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
-from ..masks import overall_sparsity, topk_mask
+from ..core.masks import overall_sparsity, topk_mask
 from ..registry import register_method
 from .base import Masks, PruningMethod
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
-from ..masks import magnitude_scores, overall_sparsity
+from ..core.masks import magnitude_scores, overall_sparsity
 from ..registry import register_method
-from ..schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
+from .schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
 from .base import Masks, PruningMethod
 
 logger = logging.getLogger(__name__)

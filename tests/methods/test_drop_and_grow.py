@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hf_sparse import SparsityConfig
-from hf_sparse.checkpoint import load_sparsity_state, save_sparsity_state
+from hf_sparse.io.training_state import load_sparsity_state, save_sparsity_state
 from hf_sparse.methods.drop_and_grow import (
     DSTEE,
     SET,
@@ -18,7 +18,7 @@ from hf_sparse.methods.drop_and_grow import (
     drop_fraction_at,
     dst_ee_scores,
 )
-from hf_sparse.targets import find_targets
+from hf_sparse.core.targets import find_targets
 
 from conftest import TinyMLP, VectorDataset, training_args
 

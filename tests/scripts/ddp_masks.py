@@ -24,8 +24,8 @@ from transformers import TrainerCallback  # noqa: E402
 
 from conftest import TinyMLP, VectorDataset, training_args  # noqa: E402
 from hf_sparse import SparseTrainer, SparsityConfig  # noqa: E402
-from hf_sparse.distributed import shutdown_distributed  # noqa: E402
-from hf_sparse.distributed import gather_masks_equal, world_size  # noqa: E402
+from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
+from hf_sparse.core.distributed import gather_masks_equal, world_size  # noqa: E402
 
 DST = dict(sparsity=0.8, allocation="erk", start=2, end=10, update_every=2)
 SCENARIOS = {

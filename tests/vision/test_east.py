@@ -10,7 +10,7 @@ from transformers import ResNetForImageClassification, TrainerCallback
 
 from hf_sparse import SparseTrainer, SparsityConfig
 from hf_sparse.methods.cyclic import Cyclic, CyclicDensity
-from hf_sparse.targets import find_targets
+from hf_sparse.core.targets import find_targets
 from hf_sparse.vision import (
     PhasedReLU,
     SharedConv2d,

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from hf_sparse import SparseTrainer, SparsityConfig
-from hf_sparse.targets import find_targets
+from hf_sparse.core.targets import find_targets
 
 from conftest import training_args
 from vision_helpers import IMAGE_SIZE, TinyImages, tiny_hf_resnet, tiny_timm_resnet

@@ -15,8 +15,8 @@ import torch
 from huggingface_hub import HfApi
 from torch import nn
 
-from .export import Compressed, _format_of, save_sparse
-from .loading import detect_format, load_sparse
+from .save import Compressed, _format_of, save_sparse
+from .load import detect_format, load_sparse
 from .model_card import CARD_NAME, write_model_card
 
 _WEIGHT_PREFIXES = ("model.safetensors", "model-", "model.sparse", "sparse_masks", "config.json")
@@ -47,7 +47,7 @@ def push_to_hub(
     ``compressed``: layout to upload (False dense + masks, True native, "compressed-tensors");
     ``None`` uploads a folder as it is (a model is then saved dense + masks). A folder in another
     layout is converted in a temporary copy; a folder without README.md (or a converted one) gets
-    a sparse model card (``card_kwargs`` go to :func:`hf_sparse.model_card.write_model_card`).
+    a sparse model card (``card_kwargs`` go to :func:`hf_sparse.io.model_card.write_model_card`).
     Returns huggingface_hub's ``CommitInfo``.
     """
     api = HfApi(token=token)

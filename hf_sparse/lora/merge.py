@@ -24,13 +24,13 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import save_sparsity_state
-from .config import parse_nm
-from .masks import nm_mask, overall_sparsity
+from ..io.training_state import save_sparsity_state
+from ..config import parse_nm
+from ..core.masks import nm_mask, overall_sparsity
 from .peft_layout import base_prefix, canonical_name, is_peft_model, tuner_layers
 from .peft_masks import Masks, MaskSource, collect_masks, detect_nm, masks_from_directory
 from .peft_sparsifier import KeepBaseMasks, MaskedLoraDeltas, PeftSparsifier
-from .targets import Conv1D
+from ..core.targets import Conv1D
 
 logger = logging.getLogger(__name__)
 

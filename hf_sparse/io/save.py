@@ -1,7 +1,7 @@
 """save_sparse: write a sparse model as dense+masks, native compressed, or the compressed-tensors layout.
 
 Read back with :func:`hf_sparse.load_sparse` (and masks alone with :func:`hf_sparse.load_masks`).
-Layouts and header metadata: see :mod:`hf_sparse.sparse_format`.
+Layouts and header metadata: see :mod:`hf_sparse.io.native_format`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
-from . import compressed as native
+from . import compressed_tensors as native
 from . import ct_layout
-from .config import SparsityConfig
-from .io_utils import atomic_write_text
-from .masks import check_masks_fit
-from .sparse_format import (
+from ..config import SparsityConfig
+from .files import atomic_write_text
+from ..core.masks import check_masks_fit
+from .native_format import (
     COMPRESSED_TENSORS,
     DENSE,
     KEY_ALIASES,
@@ -32,8 +32,8 @@ from .sparse_format import (
     base_metadata,
     save_masks,
 )
-from .st_files import remove_checkpoint_files, rewrite_metadata, save_sharded, weight_files
-from .targets import find_targets
+from .shards import remove_checkpoint_files, rewrite_metadata, save_sharded, weight_files
+from ..core.targets import find_targets
 
 logger = logging.getLogger(__name__)
 

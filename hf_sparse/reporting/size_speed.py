@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .targets import SUPPORTED_MODULES, Target, find_targets
+from ..core.targets import SUPPORTED_MODULES, Target, find_targets
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def densified_copy(model: nn.Module, targets: Sequence[Target], seed: int = 0) -
 def _sparse_inference_converter() -> Optional[Callable[..., nn.Module]]:
     """``to_sparse_inference`` (CPU sparse kernels) when this installation has it."""
     try:
-        from .inference import to_sparse_inference  # type: ignore[attr-defined]
+        from ..inference.convert import to_sparse_inference  # type: ignore[attr-defined]
     except ImportError:
         return None
     return to_sparse_inference
@@ -427,7 +427,7 @@ def _measure_all(
             "sparse kernels (to_sparse_inference)", lambda: convert(copy.deepcopy(model), inputs), built, errors
         )
     if totals["pattern"] == "2:4" and device.type == "cuda":
-        from .semi_structured import to_semi_structured
+        from ..inference.semi_structured import to_semi_structured
 
         _build_variant("2:4 semi-structured kernels", lambda: to_semi_structured(copy.deepcopy(model)), built, errors)
     try:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from huggingface_hub import ModelCardData
 
-from .io_utils import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ def write_model_card(
     Masks default to those stored in the folder; the layout is detected from its files (a folder
     without weights yet, e.g. a Trainer's output_dir before ``save_model``, is described as dense).
     """
-    from . import __version__
-    from .loading import describe, detect_format
+    from .. import __version__
+    from .load import describe, detect_format
 
     if layout is None:
         try:

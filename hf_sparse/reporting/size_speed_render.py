@@ -6,7 +6,7 @@ import io
 import os
 from typing import Any, Mapping
 
-from .io_utils import atomic_path
+from ..io.files import atomic_path
 
 
 def _human(value: float, unit: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from .targets import find_targets
+from ..core.targets import find_targets
 
 
 class SparsityReport(dict):

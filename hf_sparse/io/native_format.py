@@ -22,8 +22,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .compressed import as_2d, pack_bits, unpack_bits
-from .st_files import load_tensors, save_sharded
+from .compressed_tensors import as_2d, pack_bits, unpack_bits
+from .shards import load_tensors, save_sharded
 
 FORMAT_VERSION = 1
 DENSE, NATIVE, COMPRESSED_TENSORS = "dense", "native", "compressed-tensors"

@@ -23,9 +23,9 @@ from typing import Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import has_sparsity_state, load_sparsity_state
-from .config import INITIAL_MASKS
-from .masks import overall_sparsity
+from .training_state import has_sparsity_state, load_sparsity_state
+from ..config import INITIAL_MASKS
+from ..core.masks import overall_sparsity
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ def _masks_from_sparsity_state(directory: str) -> Optional[Masks]:
 
 
 def _masks_from_export(directory: str) -> Optional[Masks]:
-    """Masks of the export feature's folders (``hf_sparse.loading.load_masks``), when installed."""
+    """Masks of the export feature's folders (``hf_sparse.io.load.load_masks``), when installed."""
     try:
-        from .loading import load_masks  # type: ignore[attr-defined]  # the export feature (issue 11)
+        from .load import load_masks  # type: ignore[attr-defined]  # the export feature (issue 11)
     except ImportError:
         return None
     try:
@@ -168,7 +168,7 @@ class ExistingMasks:
             if masks is None:
                 raise ValueError(
                     "initial_masks='metadata' but the model carries no hf_sparse masks (none attached with "
-                    "hf_sparse.existing_masks.attach_masks, no sparsity_state.json in its folder); "
+                    "hf_sparse.io.existing_masks.attach_masks, no sparsity_state.json in its folder); "
                     "use initial_masks='zeros' for a model published dense-with-zeros"
                 )
             return masks, "metadata"

@@ -14,11 +14,11 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import STATE_JSON
-from .config import CONFIG_NAME
-from .existing_masks import read_masks
+from ..io.training_state import STATE_JSON
+from ..config import CONFIG_NAME
+from ..io.existing_masks import read_masks
 from .peft_layout import canonical_name
-from .sparsifier import Sparsifier
+from ..core.sparsifier import Sparsifier
 
 Masks = dict[str, torch.Tensor]
 #: What may name base masks (see the module docstring).

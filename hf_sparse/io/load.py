@@ -19,10 +19,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from . import compressed as native
+from . import compressed_tensors as native
 from . import ct_layout
-from .export import resolve_masks
-from .sparse_format import (
+from .save import resolve_masks
+from .native_format import (
     COMPRESSED_TENSORS,
     DENSE,
     KEY_ALIASES,
@@ -37,8 +37,8 @@ from .sparse_format import (
     json_meta,
     read_masks,
 )
-from .masks import check_masks_fit
-from .st_files import load_tensors, open_checked, read_metadata, weight_files
+from ..core.masks import check_masks_fit
+from .shards import load_tensors, open_checked, read_metadata, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def load_sparse(
 
     attach_masks(model, masks)
     if sparse_inference:
-        from .inference import to_sparse_inference
+        from ..inference.convert import to_sparse_inference
 
         model.eval()
         to_sparse_inference(model, example_inputs, targets=_module_patterns(masks) or None)

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from . import distributed
-from .config import SparsityConfig
-from .existing_masks import ExistingMasks, log_masks, read_masks
+from ..config import SparsityConfig
+from ..io.existing_masks import ExistingMasks, log_masks, read_masks
 from .masks import overall_sparsity
 from .optim_state import zero_state_where
-from .registry import get_method_class
+from ..registry import get_method_class
 from .targets import find_targets
 
 logger = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from .export import save_sparse
+from .save import save_sparse
 from .hub import _copy_extras
-from .loading import load_sparse
+from .load import load_sparse
 from .model_card import CARD_NAME, write_model_card
 
 
@@ -18,7 +18,7 @@ def convert(source: str, target: str, compressed: Union[bool, str], max_shard_si
     config_path = os.path.join(source, "sparsity_config.json")
     config = None
     if os.path.isfile(config_path):
-        from .config import SparsityConfig
+        from ..config import SparsityConfig
 
         config = SparsityConfig.from_pretrained(source)
     layout = save_sparse(model, target, masks=masks, config=config, compressed=compressed, max_shard_size=max_shard_size)

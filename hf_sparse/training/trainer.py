@@ -15,19 +15,19 @@ import torch
 from transformers import Trainer
 
 from .callback import SparsityCallback
-from .checkpoint import has_sparsity_state, load_sparsity_state, save_sparsity_state
-from .config import SparsityConfig
+from ..io.training_state import has_sparsity_state, load_sparsity_state, save_sparsity_state
+from ..config import SparsityConfig
 from .diagnostics import UnderTrainingCallback
 from .distill import DistillationConfig, distillation_loss
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
 from .presets import recommend_schedule_scale
-from .export import annotate_checkpoint
-from .peft_layout import is_peft_model
-from .peft_sparsifier import PeftSparsifier
-from .registry import get_method_class
-from .sparse_format import WEIGHTS_PATTERN
-from .sparsifier import Sparsifier
-from .st_files import weight_files
+from ..io.save import annotate_checkpoint
+from ..lora.peft_layout import is_peft_model
+from ..lora.peft_sparsifier import PeftSparsifier
+from ..registry import get_method_class
+from ..io.native_format import WEIGHTS_PATTERN
+from ..core.sparsifier import Sparsifier
+from ..io.shards import weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class SparseTrainer(Trainer):
         if _ignores_loss_kwargs(self.model):  # else its gradients are GA times too large
             self.model_accepts_loss_kwargs = False
         if base_masks is not None or is_peft_model(self.model):
-            # A sparse base (LoRA): keep its masks; sparsity_config=None prunes nothing more (see lora.py).
+            # A sparse base (LoRA): keep its masks; sparsity_config=None prunes nothing more (see lora/merge.py).
             self.sparsity_config = None if sparsity_config is None else _as_config(sparsity_config)
             self.sparsifier = PeftSparsifier(self.model, self.sparsity_config, base_masks)
         else:
@@ -192,13 +192,13 @@ class SparseTrainer(Trainer):
         if weight_files(output_dir, WEIGHTS_PATTERN):  # header metadata + sparse_masks.safetensors (hf_sparse.save_sparse's dense layout)
             annotate_checkpoint(output_dir, self.sparsifier.masks, self.sparsity_config)
 
-    # -- model card and Hub (hf_sparse.model_card / hf_sparse.hub) ------------------------------
+    # -- model card and Hub (hf_sparse.io.model_card / hf_sparse.io.hub) ------------------------------
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
         """Write the sparse model card (README.md + PNG plots) into ``args.output_dir``."""
         if not self.is_world_process_zero():
             return
-        from .model_card import write_model_card
+        from ..io.model_card import write_model_card
 
         write_model_card(
             self.args.output_dir,
@@ -224,7 +224,7 @@ class SparseTrainer(Trainer):
         if compressed is None:
             return super().push_to_hub(commit_message=commit_message, blocking=blocking, token=token,
                                        revision=revision, private=private, **kwargs)
-        from .hub import push_to_hub
+        from ..io.hub import push_to_hub
 
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)

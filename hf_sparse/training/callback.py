@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .sparsifier import Sparsifier
+from ..core.sparsifier import Sparsifier
 
 
 class SparsityCallback(TrainerCallback):

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .compressed import pack_bits, unpack_bits
+from .compressed_tensors import pack_bits, unpack_bits
 
 BITMASK = "sparse-bitmask"
 BITMASK_24 = "sparse-24-bitmask"

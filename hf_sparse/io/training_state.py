@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .io_utils import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text
 
 STATE_TENSORS = "sparsity_state.safetensors"
 STATE_JSON = "sparsity_state.json"

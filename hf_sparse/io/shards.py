@@ -19,7 +19,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .io_utils import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text
 
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .sparse_linear import SharedInputTranspose, SparseLinear, compute_dtype_for, is_linear_like, kernels_for, linear_weight
-from .targets import find_targets
+from ..core.targets import find_targets
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class LayerChoice:
     """What was decided for one layer, and why."""
 
     name: str
-    kernel: str  # "dense", or the CSR kernel: "spmm" / "mkl" (see hf_sparse.sparse_linear)
+    kernel: str  # "dense", or the CSR kernel: "spmm" / "mkl" (see hf_sparse.inference.sparse_linear)
     sparsity: float
     dense_ms: Optional[float] = None
     sparse_ms: Optional[float] = None
@@ -237,7 +237,7 @@ def to_sparse_inference(
     positional ones, or a tensor), ideally a real batch of the size you will run: each layer is
     timed on the input it receives. Without it each layer is timed on random
     ``(8*128, in_features)`` tokens. ``targets``/``ignore`` are module-name regexes as in
-    ``SparsityConfig`` (default: ``hf_sparse.targets.find_targets``' selection). Layers below
+    ``SparsityConfig`` (default: ``hf_sparse.core.targets.find_targets``' selection). Layers below
     ``min_sparsity`` stay dense without timing; a layer is converted when the sparse kernel is at
     least ``min_speedup`` times faster than dense. ``timer`` replaces the measurement (tests).
     ``tune_layout`` (needs ``example_inputs``): sparse layers that feed other sparse layers (an MLP's

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .size_speed import detect_pattern
-from .targets import find_targets
+from ..reporting.size_speed import detect_pattern
+from ..core.targets import find_targets
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _check_device(device: torch.device) -> None:
             f"to_semi_structured needs the model on a CUDA GPU with compute capability >= "
             f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} (sparse tensor cores); its weights are on {device.type!r}. "
             "Move the model with model.to('cuda', torch.float16) first; on CPU use unstructured sparse kernels "
-            "(hf_sparse.inference.to_sparse_inference) instead."
+            "(hf_sparse.inference.convert.to_sparse_inference) instead."
         )
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:

@@ -14,12 +14,12 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from .config import SparsityConfig
-from .masks import overall_sparsity
-from .methods.base import PruningMethod
+from ..config import SparsityConfig
+from ..core.masks import overall_sparsity
+from ..methods.base import PruningMethod
 from .peft_layout import base_prefix, canonical_name, tuner_layers
 from .peft_masks import Masks, MaskSource, collect_masks
-from .sparsifier import Sparsifier
+from ..core.sparsifier import Sparsifier
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Sparsity engine: targets, masks, allocation, the Sparsifier, optimizer state, distributed helpers."""

@@ -1,0 +1,1 @@
+"""Sparse inference: CSR SparseLinear layers, the dense <-> sparse model conversion, 2:4 semi-structured kernels."""

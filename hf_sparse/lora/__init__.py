@@ -1,0 +1,1 @@
+"""PEFT/LoRA: peft model layout, masks of peft models, the masked-delta sparsifier, merge and unload."""

@@ -1,0 +1,1 @@
+"""Reports: per-layer sparsity report and the measured size/speed report with its rendering."""

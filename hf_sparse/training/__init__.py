@@ -1,0 +1,1 @@
+"""Trainer integration: SparseTrainer, the callback, LR schedules, distillation, presets, diagnostics."""
