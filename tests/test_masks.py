@@ -66,8 +66,15 @@ def test_threshold_masks_exact_count_and_ties():
     assert kept_min >= dropped_max
 
 
+def test_nonzero_mask_is_detached_and_exact():
+    weight = torch.tensor([[0.0, -0.0, 1e-30], [2.0, 0.0, -3.0]], requires_grad=True)
+    mask = M.nonzero_mask(weight)
+    assert mask.dtype == torch.bool and not mask.requires_grad
+    assert mask.tolist() == [[False, False, True], [True, False, True]]
+
+
 def test_masked_scores_and_sparsity():
     mask = torch.tensor([True, False, True, False])
     assert M.masked_scores(torch.ones(4), mask).tolist() == [1.0, float("-inf"), 1.0, float("-inf")]
-    assert M.sparsity(mask) == 0.5
+    assert M.overall_sparsity({"a": mask}) == 0.5
     assert M.overall_sparsity({"a": mask, "b": torch.ones(4, dtype=torch.bool)}) == 0.25

@@ -12,7 +12,8 @@ from torch import nn
 
 import hf_sparse
 from hf_sparse.core.masks import nm_mask
-from hf_sparse.reporting.size_speed import count_flops, detect_pattern, verdict
+from hf_sparse.core.patterns import detect_pattern
+from hf_sparse.reporting.size_speed import count_flops, verdict
 
 from conftest import TinyMLP, tiny_bert
 

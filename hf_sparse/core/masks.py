@@ -155,8 +155,10 @@ def check_masks_fit(params: Mapping[str, torch.Tensor], masks: Mapping[str, torc
             )
 
 
-def sparsity(mask: torch.Tensor) -> float:
-    return 1.0 - int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
+def nonzero_mask(weight: torch.Tensor) -> torch.Tensor:
+    """The mask a weight pruned in place implies: its exact nonzeros (a kept weight that is
+    exactly 0 reads as pruned, which is why exact masks are stored where they are known)."""
+    return weight.detach() != 0
 
 
 def overall_sparsity(masks: Mapping[str, torch.Tensor]) -> float:

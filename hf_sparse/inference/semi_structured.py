@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..reporting.size_speed import detect_pattern
+from ..core.patterns import detect_pattern
 from ..core.targets import find_targets
 
 logger = logging.getLogger(__name__)

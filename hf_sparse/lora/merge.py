@@ -26,9 +26,10 @@ from torch import nn
 
 from ..io.training_state import save_sparsity_state
 from ..config import parse_nm
-from ..core.masks import nm_mask, overall_sparsity
+from ..core.masks import nm_mask, nonzero_mask, overall_sparsity
+from ..core.patterns import nm_pattern
 from .peft_layout import base_prefix, canonical_name, is_peft_model, tuner_layers
-from .peft_masks import Masks, MaskSource, collect_masks, detect_nm, masks_from_directory
+from .peft_masks import Masks, MaskSource, collect_masks, masks_from_directory
 from .peft_sparsifier import KeepBaseMasks, MaskedLoraDeltas, PeftSparsifier
 from ..core.targets import Conv1D
 
@@ -200,7 +201,7 @@ def _adapted_masks(layers: list[tuple[str, nn.Module]], given: Optional[Masks], 
         if given is not None and name in given:
             masks[name] = given[name]
         elif bool(torch.any(weight == 0)):
-            masks[name] = weight.detach() != 0
+            masks[name] = nonzero_mask(weight)
             inferred.append(name)
     if not masks:
         raise ValueError(
@@ -229,7 +230,7 @@ def _nm_layers(
         if name not in masks:
             continue
         in_dim = 0 if isinstance(layer.get_base_layer(), Conv1D) else 1
-        nm = declared if given_names and name in given_names else detect_nm(masks[name], in_dim)
+        nm = declared if given_names and name in given_names else nm_pattern(masks[name], in_dim)
         if nm is not None:
             found[name] = nm
     return found

@@ -26,7 +26,6 @@ MaskSource = Union[None, Sparsifier, Mapping[str, torch.Tensor], str, os.PathLik
 
 # The prefix PeftModel puts before the base model's names (LoRA and every other tuner model).
 PEFT_PREFIX = "base_model.model."
-_NM_CANDIDATES = ((2, 4), (1, 4), (4, 8), (1, 2))
 
 
 def masks_from_directory(directory: Union[str, os.PathLike]) -> tuple[Masks, Optional[str]]:
@@ -83,16 +82,3 @@ def collect_masks(source: MaskSource) -> tuple[Optional[Masks], Optional[str]]:
         )
     canonical = {canonical_name(n, PEFT_PREFIX): m for n, m in _as_bool_masks(masks).items()}
     return canonical, pattern
-
-
-def detect_nm(mask: torch.Tensor, in_dim: int) -> Optional[tuple[int, int]]:
-    """The N:M pattern a mask follows exactly (N kept in every group of M along ``in_dim``), if any."""
-    if mask.dim() < 2:
-        return None
-    moved = mask.movedim(in_dim, -1)
-    for n, m in _NM_CANDIDATES:
-        if moved.shape[-1] % m == 0 and bool(torch.all(moved.reshape(-1, m).sum(-1) == n)):
-            return n, m
-    return None
-
-

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import SparsityConfig
-from ..core.masks import overall_sparsity
+from ..core.masks import nonzero_mask, overall_sparsity
 from ..methods.base import PruningMethod
 from .peft_layout import base_prefix, canonical_name, tuner_layers
 from .peft_masks import Masks, MaskSource, collect_masks
@@ -90,7 +90,7 @@ class PeftSparsifier(Sparsifier):
         for name, param in self.params.items():
             mask = known.get(canonical_name(name, prefix))
             if mask is None:  # not given: the base's own zeros
-                mask = param.detach() != 0
+                mask = nonzero_mask(param)
             elif mask.shape != param.shape:
                 raise ValueError(f"base mask for {name}: shape {tuple(mask.shape)} vs weight {tuple(param.shape)}")
             masks[name] = mask.to(param.device)
@@ -204,7 +204,7 @@ class MaskedLoraDeltas:
                 return lambda: live.masks[key]
         mask = (known or {}).get(name)
         if mask is None and bool(torch.any(weight == 0)):
-            mask = weight.detach() != 0
+            mask = nonzero_mask(weight)
         return None if mask is None else (lambda: mask)
 
     def remove(self) -> None:

@@ -22,48 +22,18 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..core.patterns import detect_pattern, is_24_compatible
 from ..core.targets import SUPPORTED_MODULES, Target, find_targets
 
 logger = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-#: A layer with a smaller fraction of exact zeros is reported dense (random inits hold a few zeros).
-DENSE_BELOW = 0.01
 #: A measured ratio below this (or below 1 + the timings' relative spread) is "no speedup".
 SPEEDUP_THRESHOLD = 1.10
 Inputs = Union[Mapping[str, torch.Tensor], torch.Tensor]
 
 
 # -- counting -------------------------------------------------------------------------------------
-def detect_pattern(weight: torch.Tensor, in_dim: int = 1) -> str:
-    """'dense' (under 1% zeros: stray zeros of a dense init), '2:4' or 'unstructured'.
-
-    '2:4': at most 2 nonzeros in every group of 4 along the input dimension, and at least 90%
-    of the groups hold exactly 2 (a 2:4 mask; a 90%-sparse random layer is often 2:4-compatible
-    by chance, but it is unstructured sparsity).
-    """
-    nonzero = weight != 0
-    if 1.0 - int(nonzero.sum()) / max(nonzero.numel(), 1) < DENSE_BELOW:
-        return "dense"
-    return "2:4" if _fraction_full_24_groups(nonzero, in_dim) >= 0.9 else "unstructured"
-
-
-def _fraction_full_24_groups(nonzero: torch.Tensor, in_dim: int) -> float:
-    """Fraction of groups of 4 with exactly 2 nonzeros; -1 when not 2:4-compatible at all."""
-    moved = nonzero.movedim(in_dim, -1)
-    if moved.shape[-1] % 4 != 0:
-        return -1.0
-    counts = moved.reshape(-1, 4).sum(dim=1)
-    if bool((counts > 2).any()):
-        return -1.0
-    return float((counts == 2).float().mean())
-
-
-def is_24_compatible(weight: torch.Tensor, in_dim: int = 1) -> bool:
-    """At most 2 nonzeros in every group of 4 along the input dim (semi-structured kernels apply)."""
-    return _fraction_full_24_groups(weight != 0, in_dim) >= 0.0
-
-
 def compressed_bytes(numel: int, nonzero: int, dtype_bytes: int) -> float:
     """Bitmask (1 bit per weight) + the nonzero values: what a bitmask export stores."""
     return nonzero * dtype_bytes + numel / 8.0
