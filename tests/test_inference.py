@@ -429,6 +429,27 @@ def test_whole_model_guard_keeps_a_faster_conversion(sparse_bert):
     assert plan.to_dict()["model_speedup"] == pytest.approx(3.0) and "kept" in str(plan)
 
 
+@pytest.mark.parametrize("min_model_speedup, reverted", [(None, False), (1.1, True)])
+def test_whole_model_threshold_decides_a_small_gain(sparse_bert, monkeypatch, min_model_speedup, reverted):
+    """Every layer wins 3x, the whole model only 1.05x: kept under the default threshold (1.02),
+    reverted at min_model_speedup=1.1; the per-layer min_speedup (1.1) must not decide this."""
+    from hf_sparse.inference import convert
+
+    def fake(name, candidates):
+        if name == "<model>" and "sparse" in candidates:
+            return {"dense": [1.05] * 3, "sparse": [1.0] * 3}
+        return always("spmm")(name, candidates)
+
+    monkeypatch.setattr(convert, "interleaved_timer", lambda *a, **k: fake)  # the default timer path
+    kwargs = {} if min_model_speedup is None else {"min_model_speedup": min_model_speedup}
+    to_sparse_inference(sparse_bert, bert_inputs(), **kwargs)
+    plan = sparse_bert.sparse_inference_plan
+    assert plan.model_speedup == pytest.approx(1.05)
+    assert plan.reverted is reverted
+    on_kernels = [n for n, m in sparse_bert.named_modules() if isinstance(m, SparseLinear)]
+    assert (len(on_kernels) == 0) is reverted and (len(plan.converted) == len(on_kernels))
+
+
 @pytest.mark.parametrize("tokens", [1, 8, 63, 64, 200])
 def test_spmm_kernel_hands_few_tokens_to_mkl_and_stays_exact(tokens):
     from hf_sparse.inference import sparse_linear
@@ -456,7 +477,7 @@ def test_spmm_kernel_hands_few_tokens_to_mkl_and_stays_exact(tokens):
 def test_timer_stops_early_only_when_the_winner_is_clear():
     import time
 
-    from hf_sparse.inference.convert import _clear, interleaved_timer
+    from hf_sparse.inference.timing import interleaved_timer, winner_is_clear as _clear
 
     assert _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [2.0] * 3})  # 1/2 < 0.7
     assert not _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [1.2] * 3})  # runner-up close

@@ -123,6 +123,22 @@ def test_measured_report_leaves_the_model_unchanged_and_renders(tmp_path):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_speedup_is_paired_round_by_round_as_to_sparse_inference_decides(monkeypatch):
+    """One definition of speedup: median of per-round ratios (here 0.5), not a ratio of medians (1.0)."""
+    from hf_sparse.inference.timing import paired_speedup
+    from hf_sparse.reporting import size_speed
+
+    assert paired_speedup([4.0, 1.0, 2.0], [1.0, 2.0, 4.0]) == 0.5
+    with pytest.raises(ValueError, match="equally many rounds"):
+        paired_speedup([1.0, 2.0], [1.0])
+    rounds = {"dense": [4.0, 1.0, 2.0], "sparse, dense kernels": [1.0, 2.0, 4.0]}
+    monkeypatch.setattr(size_speed, "measure_times", lambda models, *a, **k: {n: rounds[n] for n in models})
+    variants = hf_sparse.report(sparse_mlp(), torch.randn(4, 16), sparse_kernels=False)["latency"]["variants"]
+    by_name = {v["name"]: v for v in variants}
+    assert by_name["dense"]["speedup"] == 1.0
+    assert by_name["sparse, dense kernels"]["speedup"] == 0.5 and by_name["sparse, dense kernels"]["ms"] == 2.0
+
+
 def test_dense_model_verdict():
     r = hf_sparse.report(tiny_bert(), input_shape=(1, 8), repeats=2, warmup=0)
     assert r["totals"]["pattern"] == "dense"

@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .sparse_linear import SharedInputTranspose, SparseLinear, compute_dtype_for, is_linear_like, kernels_for, linear_weight
 from ..core.targets import find_targets
+from .sparse_linear import SharedInputTranspose, SparseLinear, compute_dtype_for, is_linear_like, kernels_for, linear_weight
+from .timing import Timer, interleaved_timer, paired_speedup
 
 logger = logging.getLogger(__name__)
-
-# (layer name, {"dense": fn, "csr": fn}) -> {"dense": [seconds per round], "csr": [...]}
-Timer = Callable[[str, Mapping[str, Callable[[], Any]]], Mapping[str, Sequence[float]]]
 
 DEFAULT_TOKENS = 8 * 128  # batch 8 x 128 tokens when no example input reaches a layer
 
@@ -93,42 +90,6 @@ class SparseInferencePlan(list):
         return "\n".join(lines)
 
 
-def interleaved_timer(repeats: int = 7, budget_s: float = 1.0) -> Timer:
-    """Time each candidate once per round, rounds interleaved; stop after ``repeats`` rounds,
-    ``budget_s`` seconds, or as soon as the choice is clear (at least 3 rounds). One warm-up each."""
-
-    def timer(name: str, candidates: Mapping[str, Callable[[], Any]]) -> Mapping[str, Sequence[float]]:
-        for fn in candidates.values():
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in candidates}
-        start = time.perf_counter()
-        for i in range(repeats):
-            for key, fn in candidates.items():
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
-            if i >= 2 and (time.perf_counter() - start > budget_s or _clear(times)):
-                break
-        return times
-
-    return timer
-
-
-def _paired_speedup(base: Sequence[float], other: Sequence[float]) -> float:
-    """Median over rounds of ``base`` time / ``other`` time, round by round (a load spike from
-    another process hits both sides of a pair)."""
-    return statistics.median(b / max(o, 1e-12) for b, o in zip(base, other))
-
-
-def _clear(times: Mapping[str, Sequence[float]]) -> bool:
-    """The fastest candidate beats the runner-up by a wide margin (median of paired ratios < 0.7):
-    more rounds would not change the choice."""
-    if len(times) < 2:
-        return False
-    ranked = sorted(times.values(), key=statistics.median)
-    return _paired_speedup(ranked[0], ranked[1]) < 0.7
-
-
 def _decide(
     name: str,
     dense_module: nn.Module,
@@ -159,7 +120,7 @@ def _decide(
     candidates.update({kernel: run(kernel) for kernel in kernels})
     times = timer(name, candidates)
     dense_t = list(times["dense"])
-    speedups = {kernel: _paired_speedup(dense_t, times[kernel]) for kernel in kernels}
+    speedups = {kernel: paired_speedup(dense_t, times[kernel]) for kernel in kernels}
     best = max(kernels, key=lambda k: speedups[k])
     wins = speedups[best] >= min_speedup
     choice = LayerChoice(
@@ -398,7 +359,7 @@ def _model_speedup(model: nn.Module, example_inputs: Any, timer: Timer, swaps: M
     finally:
         for name, (_, sparse) in swaps.items():
             _set_module(model, name, sparse)
-    return _paired_speedup(times["dense"], times["sparse"])
+    return paired_speedup(times["dense"], times["sparse"])
 
 
 def _chains(model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Module]) -> list[tuple[str, str]]:
@@ -455,7 +416,7 @@ def _tune_layouts(model: nn.Module, example_inputs: Any, timer: Timer, plan: "Sp
         return fn
 
     times = timer("<model>", {"contiguous": run(False), "transposed": run(True)})
-    gain = _paired_speedup(times["contiguous"], times["transposed"])
+    gain = paired_speedup(times["contiguous"], times["transposed"])
     keep = gain > 1.0
     for layer in layers:
         layer.contiguous_output = not keep

@@ -6,8 +6,9 @@ every Linear/Conv; attention score products and elementwise ops are not counted)
 a bitmask + values encoding (per weight ``(1 - s) + 1 / (8 * bytes)`` of dense, as a compressed
 export stores it); and a *measured* forward latency on the model's device: a densified copy vs the
 sparse model with dense kernels, with CPU sparse kernels (``to_sparse_inference``) when that
-feature is installed, and with 2:4 semi-structured kernels on a GPU. A verdict line says in one
-sentence what the user gets.
+feature is installed, and with 2:4 semi-structured kernels on a GPU. Speedups are paired, as
+``to_sparse_inference`` measures them (``hf_sparse.inference.timing.paired_speedup``). A verdict
+line says in one sentence what the user gets.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..core.patterns import detect_pattern, is_24_compatible
 from ..core.targets import SUPPORTED_MODULES, Target, find_targets
+from ..inference.timing import paired_speedup
 
 logger = logging.getLogger(__name__)
 
@@ -369,6 +371,7 @@ def report(
             "FLOPs: Linear/Conv layers only (2 per multiply-add); attention score products and elementwise ops excluded.",
             "compressed bytes: bitmask (1 bit per weight) + nonzero values; untargeted tensors stay dense.",
             "latency: median wall time of one forward pass; the dense baseline is a copy with the zeros refilled.",
+            "speedup: median over interleaved rounds of dense time / variant time (paired, as to_sparse_inference decides).",
         ],
     )
 
@@ -414,8 +417,7 @@ def _measure_all(
             variants.append({"name": name, "ms": timings[name], "spread": relative_spread(times[name])})
         elif name in errors:
             variants.append({"name": name, "ms": None, "error": errors[name]})
-    base = timings.get("dense")
-    for variant in variants:
-        ms = variant.get("ms")
-        variant["speedup"] = (base / ms) if (base and ms) else None
+    for variant in variants:  # the paired speedup of hf_sparse.inference.timing, as to_sparse_inference decides
+        name = variant["name"]
+        variant["speedup"] = paired_speedup(times["dense"], times[name]) if "dense" in times and name in times else None
     return variants
