@@ -13,6 +13,7 @@ from hf_sparse import SparseTrainer, SparsityConfig, get_method_class, merge_and
 from hf_sparse.lora.merge import MaskedLoraDeltas, PeftSparsifier, masks_from_directory
 from hf_sparse.methods.gmp import GMP
 from hf_sparse.lora.peft_layout import canonical_name
+from hf_sparse.core.masks import overall_sparsity
 from hf_sparse.core.sparsifier import Sparsifier
 from hf_sparse.core.targets import find_targets
 
@@ -130,7 +131,10 @@ def test_base_masks_from_every_source(tmp_path, source):
 def test_lora_training_keeps_base_exactly_sparse(trained):
     trainer, checker, masks = trained["trainer"], trained["checker"], trained["masks"]
     assert checker.steps_checked == 6 and checker.substeps == 6 and checker.violations == []
-    assert trainer.sparsity_config is None  # nothing pruned beyond the base
+    config = trainer.sparsity_config  # nothing pruned beyond the base: the registered constant method
+    assert config is not None and config.method == "constant" and type(trainer.sparsifier.method).__name__ == "Constant"
+    assert config.sparsity == pytest.approx(overall_sparsity(trainer.masks), abs=1e-6)
+    assert trainer.sparsifier.target_sparsity() == pytest.approx(overall_sparsity(trainer.masks), abs=0)
     assert set(canonical(trainer.masks)) == set(masks)
     after = base_weights(trained["model"])
     for name, mask in masks.items():
@@ -317,6 +321,21 @@ def test_nm_base_merge_policies(policy):
             assert torch.equal(mask, base[name])
     moved = [n for n in result.delta_dropped if not torch.equal(result.masks[n], base[n])]
     assert bool(moved) == (policy == "reproject")
+
+
+def test_kept_base_records_its_pattern_so_a_saved_folder_still_merges_as_nm(tmp_path):
+    """Keeping base masks uses ``constant``; its config says what the base holds (2:4 found from the
+    masks when no source declares it), so a folder saved by that run still declares N:M to the merge."""
+    model, sparsifier = sparse_base(pattern="2:4")
+    kept = PeftSparsifier(lora(copy.deepcopy(model)), None, None)  # masks from the exact zeros
+    assert (kept.config.method, kept.config.pattern, kept.config.sparsity) == ("constant", "2:4", 0.5)
+    unstructured = PeftSparsifier(lora(sparse_base()[0]), None, None)
+    assert unstructured.config.pattern == "unstructured"
+    assert unstructured.config.sparsity == pytest.approx(unstructured.sparsity, abs=1e-6)
+    trainer = SparseTrainer(model=lora(model), args=training_args(tmp_path), base_masks=dict(sparsifier.masks))
+    trainer.save_model(str(tmp_path / "saved"))
+    masks, pattern = masks_from_directory(str(tmp_path / "saved"))
+    assert pattern == "2:4" and set(canonical(masks)) == set(canonical(sparsifier.masks))
 
 
 # -- errors ------------------------------------------------------------------------------------------------

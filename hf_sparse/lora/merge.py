@@ -30,7 +30,7 @@ from ..core.masks import nm_mask, nonzero_mask, overall_sparsity
 from ..core.patterns import nm_pattern
 from .peft_layout import base_prefix, canonical_name, is_peft_model, tuner_layers
 from .peft_masks import Masks, MaskSource, collect_masks, masks_from_directory
-from .peft_sparsifier import KeepBaseMasks, MaskedLoraDeltas, PeftSparsifier
+from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
 from ..core.targets import Conv1D
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,6 @@ def _in_dim(model: nn.Module, param_name: str) -> int:
 
 
 __all__ = [
-    "KeepBaseMasks",
     "MaskedLoraDeltas",
     "MergeResult",
     "PeftSparsifier",

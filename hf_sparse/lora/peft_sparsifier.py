@@ -1,11 +1,13 @@
 """PeftSparsifier: the mask engine for a model whose base is already sparse (typically peft LoRA).
 
 ``SparseTrainer`` builds one for a ``PeftModel``. It starts from the base masks (``peft_masks``) and
-either keeps them fixed or lets a ``SparsityConfig`` method prune the frozen base further.
+either keeps them fixed (the registered ``constant`` method) or lets a ``SparsityConfig`` method
+prune the frozen base further.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -14,29 +16,21 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..config import SparsityConfig
+from ..config import SparsityConfig, parse_nm
 from ..core.masks import nonzero_mask, overall_sparsity
-from ..methods.base import PruningMethod
+from ..core.patterns import common_pattern
+from ..core.sparsifier import Sparsifier
 from .peft_layout import base_prefix, canonical_name, tuner_layers
 from .peft_masks import Masks, MaskSource, collect_masks
-from ..core.sparsifier import Sparsifier
 
 logger = logging.getLogger(__name__)
-
-
-class KeepBaseMasks(PruningMethod):
-    """No pruning of its own: the masks stay those of the sparse base (never an update step)."""
-
-    name = "keep_base_masks"
-
-    def is_update_step(self, step: int) -> bool:
-        return False
 
 
 class PeftSparsifier(Sparsifier):
     """The mask engine for a model whose base is already sparse, typically a peft LoRA model.
 
-    ``config=None`` keeps the base masks fixed (targets: exactly the masked layers). With a
+    ``config=None`` keeps the base masks fixed with the ``constant`` method (targets: exactly the
+    masked layers; ``self.config`` records the base's pattern and sparsity). With a
     ``SparsityConfig`` its method prunes the base further, starting from the base masks; under
     LoRA the base is frozen, so the method sees no gradients: magnitude methods (gmp, oneshot)
     work, and score the *merged* weight ``W + scaling * B @ A`` by default (``score_on="merged"``),
@@ -55,12 +49,10 @@ class PeftSparsifier(Sparsifier):
         known, self.base_pattern = collect_masks(base_masks)
         prefix = base_prefix(model)
         self.keep_only = config is None
-        if self.keep_only:
-            config = SparsityConfig(method="oneshot", sparsity=0.0, targets=_exact_targets(known, model, prefix))
+        if self.keep_only:  # the registered ``constant`` method, given the base masks below
+            config = SparsityConfig(method="constant", targets=_exact_targets(known, model, prefix))
         super().__init__(model, config)
-        if self.keep_only:
-            self.method = KeepBaseMasks(config, self.targets)
-        elif any(not p.requires_grad for p in self.params.values()) and self.method.needs_gradients:
+        if not self.keep_only and any(not p.requires_grad for p in self.params.values()) and self.method.needs_gradients:
             raise ValueError(
                 f"method {config.method!r} grows weights by gradient, but the base weights are frozen "
                 "(requires_grad=False under LoRA): they have no gradient and a grown weight would stay 0. "
@@ -76,7 +68,17 @@ class PeftSparsifier(Sparsifier):
                 "Pass base_masks=..., or a sparsity_config to prune the base while the adapters train."
             )
         self._set_masks(masks, optimizer=None)
+        if self.keep_only:
+            self._describe_base(masks)
+            self._set_masks(self.method.init_masks(self.weights(), self.masks), optimizer=None)
         logger.info("base masks: %d layers, sparsity %.4f", len(masks), self.sparsity)
+
+    def _describe_base(self, masks: Masks) -> None:
+        """The saved config and the card say what the kept base holds: its pattern and sparsity."""
+        in_dims = [next(t.in_dim for t in self.targets if t.name == name) for name in masks]
+        pattern = self.base_pattern or common_pattern(list(masks.values()), in_dims)
+        sparsity = None if parse_nm(pattern) else round(min(self.sparsity, 0.999999), 6)
+        self.config = self.method.config = dataclasses.replace(self.config, pattern=pattern, sparsity=sparsity)
 
     def _initial_masks(self, known: Optional[Masks], prefix: str) -> Masks:
         known = known or {}
@@ -95,9 +97,6 @@ class PeftSparsifier(Sparsifier):
                 raise ValueError(f"base mask for {name}: shape {tuple(mask.shape)} vs weight {tuple(param.shape)}")
             masks[name] = mask.to(param.device)
         return masks
-
-    def target_sparsity(self) -> float:
-        return self.sparsity if self.keep_only else super().target_sparsity()
 
     @torch.no_grad()
     def weights(self) -> dict[str, torch.Tensor]:

@@ -77,9 +77,10 @@ class SparseTrainer(Trainer):
         if _ignores_loss_kwargs(self.model):  # else its gradients are GA times too large
             self.model_accepts_loss_kwargs = False
         if base_masks is not None or is_peft_model(self.model):
-            # A sparse base (LoRA): keep its masks; sparsity_config=None prunes nothing more (see lora/merge.py).
-            self.sparsity_config = None if sparsity_config is None else _as_config(sparsity_config)
-            self.sparsifier = PeftSparsifier(self.model, self.sparsity_config, base_masks)
+            # A sparse base (LoRA): sparsity_config=None keeps its masks with the constant method (see lora/).
+            given = None if sparsity_config is None else _as_config(sparsity_config)
+            self.sparsifier = PeftSparsifier(self.model, given, base_masks)
+            self.sparsity_config = self.sparsifier.config
         else:
             self.sparsity_config = _as_config(sparsity_config)
             method_class = get_method_class(self.sparsity_config.method)
