@@ -14,6 +14,7 @@ from huggingface_hub import HfApi
 from safetensors import safe_open
 
 import hf_sparse
+import hf_sparse.io.load  # hf_sparse.io.load.* below; the package imports lazily
 from hf_sparse.__main__ import main as cli
 
 from conftest import PairDataset, tiny_bert, training_args

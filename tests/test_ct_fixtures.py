@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import hf_sparse
+import hf_sparse.io.load  # hf_sparse.io.load.* below; the package imports lazily
 from hf_sparse.io import ct_layout
 
 from export_helpers import assert_bitwise_equal, bits, state

@@ -13,6 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import hf_sparse
+import hf_sparse.core.masks  # hf_sparse.<module>.* below; the package imports lazily
+import hf_sparse.io.load
 from hf_sparse.io import compressed_tensors as native
 from hf_sparse.io.native_format import FORMAT_VERSION
 
