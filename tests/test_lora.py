@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from hf_sparse import SparseTrainer, SparsityConfig, get_method_class, merge_and_unload
 from hf_sparse.lora.merge import MaskedLoraDeltas, PeftSparsifier, masks_from_directory
 from hf_sparse.methods.gmp import GMP
-from hf_sparse.lora.peft_layout import canonical_name
+from hf_sparse.core.peft_layout import canonical_name
 from hf_sparse.core.masks import overall_sparsity
 from hf_sparse.core.sparsifier import Sparsifier
 from hf_sparse.core.targets import find_targets

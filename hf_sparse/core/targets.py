@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..lora.peft_layout import base_prefix, canonical_name, skipped_module_ids
+from .peft_layout import base_prefix, canonical_name, skipped_module_ids
 
 try:  # GPT-2 style transposed Linear
     from transformers.pytorch_utils import Conv1D

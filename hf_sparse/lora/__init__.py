@@ -1,1 +1,1 @@
-"""PEFT/LoRA: peft model layout, masks of peft models, the masked-delta sparsifier, merge and unload."""
+"""PEFT/LoRA: masks of a sparse base under peft, the masked-delta sparsifier, merge and unload (peft's name layout is core.peft_layout)."""

@@ -10,7 +10,7 @@ silently destroys the sparsity of the base. Here:
 - ``merge_and_unload`` merges the adapters, re-applies the base masks and reports what masking
   the delta cost (how much of the delta was dropped, and the change in logits on a batch).
 
-Masks are matched by the name a parameter has without peft (``peft_layout.canonical_name``), so
+Masks are matched by the name a parameter has without peft (``core.peft_layout.canonical_name``), so
 masks from the sparse base model, from the peft model and from the merged model are interchangeable.
 """
 
@@ -28,7 +28,7 @@ from ..io.training_state import save_sparsity_state
 from ..config import parse_nm
 from ..core.masks import nm_mask, nonzero_mask, overall_sparsity
 from ..core.patterns import nm_pattern
-from .peft_layout import base_prefix, canonical_name, is_peft_model, tuner_layers
+from ..core.peft_layout import base_prefix, canonical_name, is_peft_model, tuner_layers
 from .peft_masks import Masks, MaskSource, collect_masks, masks_from_directory
 from .peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
 from ..core.targets import Conv1D

@@ -2,7 +2,7 @@
 
 Sources: a ``Sparsifier``, anything with ``.sparsifier`` (a ``SparseTrainer``), a
 ``{param name: bool mask}`` mapping, a folder written by ``SparseTrainer.save_model``, or None
-(the caller infers them from exact zeros). Keys come back canonical (``peft_layout.canonical_name``),
+(the caller infers them from exact zeros). Keys come back canonical (``core.peft_layout.canonical_name``),
 so masks from the sparse base, from the LoRA run and from the merged model are interchangeable.
 """
 
@@ -17,7 +17,7 @@ import torch
 from ..io.training_state import STATE_JSON
 from ..config import CONFIG_NAME
 from ..io.existing_masks import read_masks
-from .peft_layout import canonical_name
+from ..core.peft_layout import canonical_name
 from ..core.sparsifier import Sparsifier
 
 Masks = dict[str, torch.Tensor]

@@ -22,7 +22,7 @@ from .distill import DistillationConfig, distillation_loss
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
 from .presets import recommend_schedule_scale
 from ..io.save import annotate_checkpoint
-from ..lora.peft_layout import is_peft_model
+from ..core.peft_layout import is_peft_model
 from ..lora.peft_sparsifier import PeftSparsifier
 from ..registry import get_method_class
 from ..io.native_format import WEIGHTS_PATTERN

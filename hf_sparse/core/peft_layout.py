@@ -8,7 +8,8 @@ parameter has in the model without peft (``bert.encoder.layer.0.attention.self.q
 for ``base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight``).
 
 peft is only looked at when it is already imported: a model cannot be a peft model otherwise,
-so plain models pay nothing.
+so plain models pay nothing. It sits in ``core`` because target selection must see through peft's
+wrappers; ``lora`` builds on it.
 """
 
 from __future__ import annotations
