@@ -164,11 +164,14 @@ def test_invariants_every_step(tmp_path, method, allocation, pattern):
 @pytest.mark.parametrize("optim", ["sgd", "adamw_torch"])
 @pytest.mark.parametrize("method", sorted(METHOD_ROWS))
 def test_invariants_with_optimizers(tmp_path, method, optim):
-    trainer, checker = _train(tmp_path, make_config(method), optim=optim, optim_args=None)
-    if optim == "sgd":
-        trainer.args.optim_args = None
+    # SGD with momentum: its momentum_buffer must be zeroed where pruned, like Adam's moments
+    optim_args = "momentum=0.9" if optim == "sgd" else None
+    trainer, checker = _train(tmp_path, make_config(method), optim=optim, optim_args=optim_args)
     trainer.train()
     assert checker.violations == []
+    if optim == "sgd":  # the state the checker inspects exists
+        buffers = [s.get("momentum_buffer") for s in _inner(trainer.optimizer).state.values()]
+        assert buffers and all(b is not None for b in buffers)
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_ROWS))

@@ -204,10 +204,16 @@ def test_set_growth_is_seeded_and_resumable():
     first = a.update_masks(10, weights, masks)
     second = a.update_masks(20, weights, first)
     assert any(not torch.equal(first[n], second[n]) for n in first)
-    # A fresh method (generator not advanced by init) grows elsewhere, until it loads the state.
-    b = _method(SET, seed=7)
-    unrestored = b.update_masks(10, weights, masks)
+    # A method whose generator was advanced differently grows elsewhere, until it loads the state
+    # (so this fails when load_state_dict does not restore the generator).
+    def advanced():
+        method = _method(SET, seed=7)
+        torch.rand(1000, generator=method.generator)
+        return method
+
+    unrestored = advanced().update_masks(10, weights, masks)
     assert any(not torch.equal(first[n], unrestored[n]) for n in first)
+    b = advanced()
     b.load_state_dict(state)
     restored = b.update_masks(10, weights, masks)
     assert all(torch.equal(first[n], restored[n]) for n in first)
