@@ -72,7 +72,7 @@ def test_trainer_save_model_writes_hf_sparse_dense_layout(trained, tmp_path):
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         meta = f.metadata()
     assert json.loads(meta["hf_sparse_sparsity_config"])["sparsity"] == 0.75
-    assert os.path.isfile(out / "sparsity_config.json") and os.path.isfile(out / "sparsity_state.json")
+    assert os.path.isfile(out / "sparsity_config.json") and os.path.isfile(out / "sparsity_state.safetensors")
     model, masks = hf_sparse.load_sparse(out)
     assert set(masks) == set(trained.masks)
     assert all(torch.equal(masks[k], trained.masks[k].cpu()) for k in masks)

@@ -13,7 +13,6 @@ import torch
 from transformers import BertForSequenceClassification, TrainerCallback
 
 from hf_sparse import SparseTrainer, Sparsifier, SparsityConfig, read_masks
-from hf_sparse.io.training_state import save_sparsity_state
 from hf_sparse.io.existing_masks import attach_masks
 from hf_sparse.core.masks import topk_mask
 from hf_sparse.core.targets import find_targets
@@ -83,23 +82,30 @@ def test_constant_keeps_zero_masks_fixed(tmp_path, caplog):
 
 
 def test_constant_masks_from_metadata(tmp_path):
+    from hf_sparse import save_sparse
+
     model, folder = pruned_copy_on_disk(tmp_path, 0.5)
     metadata = zero_masks(model)
     name = next(iter(metadata))
     kept = metadata[name].nonzero()[:5]
-    for row, col in kept.tolist():  # metadata prunes 5 more weights that are nonzero in the file
+    for row, col in kept.tolist():  # metadata prunes 5 more weights than the zeros say
         metadata[name][row, col] = False
-    save_sparsity_state(str(folder), {"masks": metadata}, {"method": "gmp"})
+    zeroed = BertForSequenceClassification.from_pretrained(str(folder))
+    with torch.no_grad():
+        dict(zeroed.named_parameters())[name].masked_fill_(~metadata[name], 0.0)
+    save_sparse(zeroed, str(folder), masks=metadata)  # a folder whose files agree
     assert set(read_masks(str(folder))) == set(metadata)
     reloaded = BertForSequenceClassification.from_pretrained(str(folder))  # plain from_pretrained
     assert torch.equal(read_masks(reloaded)[name], metadata[name])  # found through name_or_path
+    with torch.no_grad():  # weights moved after loading: nonzero where the metadata prunes
+        dict(reloaded.named_parameters())[name].add_(1.0)
     config = SparsityConfig(method="constant", method_args={"masks_from": "metadata"})
     sparsifier = Sparsifier(reloaded, config)
     sparsifier.begin(10)
     for n, mask in metadata.items():
         assert torch.equal(sparsifier.masks[n], mask), n
     weight = dict(reloaded.named_parameters())[name].detach()
-    assert torch.all(weight[~metadata[name]] == 0)  # the 5 extra weights were zeroed
+    assert torch.all(weight[~metadata[name]] == 0)  # the pruned weights were zeroed again
 
 
 def test_auto_prefers_metadata_attached_by_a_loader(tmp_path):
@@ -196,22 +202,11 @@ def test_continuing_state_survives_a_checkpoint_round_trip(tmp_path):
         assert torch.equal(fresh.masks[name], mask)
 
 
-def test_export_folders_are_read_first_when_the_export_feature_is_installed(tmp_path, monkeypatch):
-    import sys
-    import types
-
-    stored = {"w": torch.tensor([True, False])}
-
-    def load_masks(directory):
-        if str(directory).endswith("dense"):
-            raise FileNotFoundError(directory)
-        return stored
-
-    monkeypatch.setitem(sys.modules, "hf_sparse.io.load", types.SimpleNamespace(load_masks=load_masks))
-    (tmp_path / "sparse").mkdir()
-    (tmp_path / "dense").mkdir()
-    assert read_masks(str(tmp_path / "sparse")) is stored
-    assert read_masks(str(tmp_path / "dense")) is None  # no masks anywhere: None, not an error
+def test_read_masks_of_a_plain_folder_is_none(tmp_path):
+    _, folder = pruned_copy_on_disk(tmp_path, 0.5)
+    assert read_masks(str(folder)) is None  # no masks anywhere: None, not an error
+    (tmp_path / "empty").mkdir()
+    assert read_masks(str(tmp_path / "empty")) is None
 
 
 def test_masks_saved_by_save_sparse_reach_constant_through_plain_from_pretrained(tmp_path):

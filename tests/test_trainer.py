@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_sparse import SparseTrainer, Sparsifier, SparsityConfig, sparsity_report
-from hf_sparse.io.training_state import STATE_JSON, STATE_TENSORS
+from hf_sparse.io.training_state import KEY_STATE, STATE_FILE
 
 from conftest import PairDataset, TinyMLP, VectorDataset, tiny_bert, training_args
 from test_methods_common import InvariantChecker
@@ -102,27 +102,34 @@ def _checkpointed_run(tmp_path):
 
 
 def test_resume_rejects_mismatched_or_missing_state(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
     checkpoint = _checkpointed_run(tmp_path / "run")
-    assert (checkpoint / STATE_JSON).is_file() and (checkpoint / STATE_TENSORS).is_file()
+    assert (checkpoint / STATE_FILE).is_file() and (checkpoint / "sparse_masks.safetensors").is_file()
+    assert not (checkpoint / "sparsity_state.json").exists()  # one state file, one masks file
     # masks for other targets than the model's
     other = SparseTrainer(model=tiny_bert(), args=training_args(tmp_path / "other"), train_dataset=PairDataset(),
                           sparsity_config=SparsityConfig(**GMP, targets=[r"attention\.self"]))
     with pytest.raises(ValueError, match="masks do not match the model's targets"):
         other.train(resume_from_checkpoint=str(checkpoint))
-    # corrupt tensors file
-    (checkpoint / STATE_TENSORS).write_bytes(b"\x00" * 10)
     fresh = SparseTrainer(model=tiny_bert(), args=training_args(tmp_path / "fresh"), train_dataset=PairDataset(),
                           sparsity_config=SparsityConfig(**GMP))
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        fresh.train(resume_from_checkpoint=str(checkpoint))
     # a newer format
-    document = json.loads((checkpoint / STATE_JSON).read_text())
+    with safe_open(str(checkpoint / STATE_FILE), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(checkpoint / STATE_FILE))
+    document = json.loads(meta[KEY_STATE])
     document["format_version"] = 99
-    (checkpoint / STATE_JSON).write_text(json.dumps(document))
+    save_file(tensors, str(checkpoint / STATE_FILE), metadata={**meta, KEY_STATE: json.dumps(document)})
     with pytest.raises(ValueError, match="upgrade hf_sparse"):
         fresh.train(resume_from_checkpoint=str(checkpoint))
+    # corrupt state file
+    (checkpoint / STATE_FILE).write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        fresh.train(resume_from_checkpoint=str(checkpoint))
     # a checkpoint written by a plain Trainer
-    (checkpoint / STATE_JSON).unlink()
+    (checkpoint / STATE_FILE).unlink()
     with pytest.raises(ValueError, match="not written by SparseTrainer"):
         fresh.train(resume_from_checkpoint=str(checkpoint))
 

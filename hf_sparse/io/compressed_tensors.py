@@ -26,9 +26,14 @@ Components = dict[str, torch.Tensor]
 ENCODINGS = ("bitmask", "index", "2:4")
 
 
-def pack_bits(mask2d: torch.Tensor) -> torch.Tensor:
-    """Pack a bool ``[rows, cols]`` mask into uint8 ``[rows, ceil(cols/8)]``, little bit order."""
-    return torch.from_numpy(np.packbits(mask2d.cpu().numpy(), axis=-1, bitorder="little"))
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a bool ``[..., cols]`` mask into uint8 ``[..., ceil(cols/8)]`` along the last dim, little bit order.
+
+    The one bit-packer of the checkpoint formats (native, masks file, compressed-tensors): bit
+    ``j % 8`` of byte ``j // 8`` is column ``j``; each row is padded with zero bits.
+    """
+    flat = mask.detach().cpu().to(torch.bool).reshape(1, 1) if mask.dim() == 0 else mask.detach().cpu().to(torch.bool)
+    return torch.from_numpy(np.packbits(flat.numpy(), axis=-1, bitorder="little"))
 
 
 def unpack_bits(packed: torch.Tensor, cols: int) -> torch.Tensor:
@@ -136,33 +141,58 @@ _ENCODERS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Compon
 
 
 def decode(encoding: str, shape: list[int], parts: Mapping[str, torch.Tensor], name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (weight, mask) from :func:`encode`'s components, checking every size (corrupt files fail here)."""
+    """Return (weight, mask) from :func:`encode`'s components, checking every size (corrupt files fail here).
+
+    ``shape`` must already be checked against the model: the weight is allocated from it.
+    """
     rows, cols = as_2d(shape)
+    unknown = sorted(set(parts) - set(_PARTS.get(encoding, ())))
+    if encoding not in _PARTS:
+        raise ValueError(f"{name}: unknown encoding {encoding!r}; this hf_sparse reads {ENCODINGS}")
+    if unknown:
+        raise ValueError(f"{name}: unexpected parts {unknown} for encoding {encoding!r}: file corrupt")
     try:
         values = parts["values"]
         if encoding in ("bitmask", "2:4"):
             bitmask = parts["bitmask"]
             _expect(name, "bitmask", bitmask, (rows, math.ceil(cols / 8)), torch.uint8)
             m2 = unpack_bits(bitmask, cols)
-        elif encoding == "index":
-            counts, idx = parts["row_counts"].to(torch.int64), parts["col_indices"].to(torch.int64)
-            _expect(name, "row_counts", counts, (rows,), None)
-            if int(counts.sum()) != idx.numel() or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= cols)):
-                raise ValueError(f"{name}: corrupt index encoding (row counts / column indices disagree)")
-            m2 = torch.zeros(rows, cols, dtype=torch.bool)
-            m2[torch.repeat_interleave(torch.arange(rows), counts), idx] = True
-            if int(m2.sum()) != idx.numel():
-                raise ValueError(f"{name}: corrupt index encoding (repeated column indices)")
         else:
-            raise ValueError(f"{name}: unknown encoding {encoding!r}; this hf_sparse reads {ENCODINGS}")
+            m2 = _index_mask(name, rows, cols, parts["row_counts"], parts["col_indices"])
     except KeyError as err:
         raise ValueError(f"{name}: compressed tensor is missing its {err.args[0]!r} part") from err
     nnz = int(m2.sum())
-    if values.numel() != nnz:
-        raise ValueError(f"{name}: {values.numel()} stored values but the mask keeps {nnz}: file corrupt")
+    expected_values = (rows, cols // 2) if encoding == "2:4" else (nnz,)
+    if encoding == "2:4" and not is_2_4(m2, nnz):
+        raise ValueError(f"{name}: encoding '2:4' but its bitmask does not keep 2 of every 4 columns: file corrupt")
+    if tuple(values.shape) != expected_values:
+        raise ValueError(f"{name}: values have shape {tuple(values.shape)}, the mask needs {expected_values}: file corrupt")
     weight = torch.zeros(rows, cols, dtype=values.dtype)
     weight[m2] = values.reshape(-1)
     return weight.reshape(shape), m2.reshape(shape)
+
+
+_PARTS = {"bitmask": ("bitmask", "values"), "2:4": ("bitmask", "values"), "index": ("row_counts", "col_indices", "values")}
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _index_mask(name: str, rows: int, cols: int, counts: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The mask of an ``index`` encoding; column indices must rise strictly within each row."""
+    if counts.dtype not in _INT_DTYPES or idx.dtype not in _INT_DTYPES:
+        raise ValueError(f"{name}: index encoding needs integer row_counts/col_indices, got {counts.dtype}/{idx.dtype}")
+    _expect(name, "row_counts", counts, (rows,), None)
+    counts, idx = counts.to(torch.int64), idx.to(torch.int64)
+    if idx.dim() != 1 or (counts.numel() and int(counts.min()) < 0) or int(counts.sum()) != idx.numel():
+        raise ValueError(f"{name}: corrupt index encoding (row counts / column indices disagree)")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= cols):
+        raise ValueError(f"{name}: corrupt index encoding (column index outside 0..{cols - 1})")
+    row_of = torch.repeat_interleave(torch.arange(rows), counts)
+    rises = idx[1:] > idx[:-1]
+    if not bool((rises | (row_of[1:] != row_of[:-1])).all()):
+        raise ValueError(f"{name}: corrupt index encoding (column indices not strictly increasing within a row)")
+    m2 = torch.zeros(rows, cols, dtype=torch.bool)
+    m2[row_of, idx] = True
+    return m2
 
 
 def _expect(name: str, part: str, tensor: torch.Tensor, shape: tuple, dtype: torch.dtype | None) -> None:

@@ -17,7 +17,7 @@ before writing, so the round trip is bitwise.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 
@@ -33,11 +33,6 @@ PARTS = {BITMASK: ("shape", "compressed", "bitmask", "row_offsets"), BITMASK_24:
 def normalise_zeros(weight: torch.Tensor) -> torch.Tensor:
     """Turn -0.0 into +0.0 (compressed-tensors decodes every dropped entry as +0.0)."""
     return torch.where(weight == 0, torch.zeros_like(weight), weight)
-
-
-def _packed_mask(mask: torch.Tensor) -> torch.Tensor:
-    flat = mask.reshape(-1, mask.shape[-1]) if mask.dim() else mask.reshape(1, 1)
-    return pack_bits(flat).reshape(*mask.shape[:-1], -1)
 
 
 def mask_24(weight: torch.Tensor) -> torch.Tensor:
@@ -59,7 +54,7 @@ def encode(prefix: str, weight: torch.Tensor, fmt: str) -> dict[str, torch.Tenso
         return {
             f"{prefix}.shape": torch.tensor(list(w.shape), dtype=torch.int64),
             f"{prefix}.compressed": w[mask].contiguous(),
-            f"{prefix}.bitmask": _packed_mask(mask).contiguous(),
+            f"{prefix}.bitmask": pack_bits(mask).contiguous(),
             f"{prefix}.row_offsets": (torch.cumsum(counts, 0) - counts).to(torch.int64).contiguous(),
         }
     if fmt == BITMASK_24:
@@ -75,15 +70,24 @@ def encode(prefix: str, weight: torch.Tensor, fmt: str) -> dict[str, torch.Tenso
     raise ValueError(f"compressed-tensors format must be one of {FORMATS}, got {fmt!r}")
 
 
-def decode(prefix: str, parts: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, stored bitmask as bool) from a module's ``shape``/``compressed``/``bitmask`` tensors, with size checks."""
+def decode(
+    prefix: str, parts: Mapping[str, torch.Tensor], expected_shape: Optional[Sequence[int]] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, stored bitmask as bool) from a module's ``shape``/``compressed``/``bitmask`` tensors, with size checks.
+
+    ``expected_shape`` (the model's) is compared with the stored shape before anything is allocated.
+    """
     try:
-        shape = [int(s) for s in parts["shape"].reshape(-1).tolist()]
-        values, bitmask = parts["compressed"], parts["bitmask"]
+        raw_shape, values, bitmask = parts["shape"], parts["compressed"], parts["bitmask"]
     except KeyError as err:
         raise ValueError(f"{prefix}: compressed-tensors entry lacks its {err.args[0]!r} tensor") from err
-    if not shape or any(s < 0 for s in shape):
+    if raw_shape.dtype not in (torch.int64, torch.int32) or not 1 <= raw_shape.numel() <= 8:
+        raise ValueError(f"{prefix}.shape must hold 1-8 integers, got {raw_shape.dtype} {tuple(raw_shape.shape)}")
+    shape = [int(s) for s in raw_shape.reshape(-1).tolist()]
+    if any(s < 0 for s in shape):
         raise ValueError(f"{prefix}: invalid stored shape {shape}")
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"{prefix}.shape says {shape} but the model's {prefix}.weight is {list(expected_shape)}")
     expected_mask = (*shape[:-1], -(-shape[-1] // 8))
     if tuple(bitmask.shape) != expected_mask or bitmask.dtype != torch.uint8:
         raise ValueError(f"{prefix}: bitmask {tuple(bitmask.shape)} {bitmask.dtype} does not fit shape {shape}")
@@ -139,13 +143,22 @@ def sparsity_format(config: Mapping[str, Any]) -> str | None:
     return fmt
 
 
-def decode_state(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def compressed_prefixes(keys: Iterable[str]) -> list[str]:
+    """Module prefixes stored in the compressed-tensors layout (a ``<m>.bitmask`` beside ``<m>.compressed``)."""
+    keys = set(keys)
+    return sorted(k[: -len(".bitmask")] for k in keys if k.endswith(".bitmask") and k[: -len(".bitmask")] + ".compressed" in keys)
+
+
+def decode_state(
+    tensors: Mapping[str, torch.Tensor], expected_shapes: Optional[Mapping[str, Sequence[int]]] = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Whole state dict in the compressed-tensors layout -> (dense state dict, masks of decoded weights).
 
     The masks are the stored bitmasks: ``W != 0``, or the 2:4 pattern (which may keep a zero).
+    ``expected_shapes``: the model's shapes by state-dict key, checked before decoding.
     """
-    prefixes = sorted({k[: -len(".bitmask")] for k in tensors if k.endswith(".bitmask")})
-    parts_of = {p: {} for p in prefixes}
+    prefixes = compressed_prefixes(tensors)
+    parts_of: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
     dense: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         prefix, _, part = key.rpartition(".")
@@ -155,5 +168,11 @@ def decode_state(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.T
             dense[key] = value
     masks: dict[str, torch.Tensor] = {}
     for prefix, parts in parts_of.items():
-        dense[f"{prefix}.weight"], masks[f"{prefix}.weight"] = decode(prefix, parts)
+        name = f"{prefix}.weight"
+        if name in dense:
+            raise ValueError(f"{prefix}: both a dense {name} and its compressed tensors are stored: file corrupt")
+        if expected_shapes is not None and name not in expected_shapes:
+            raise ValueError(f"{prefix}: compressed tensors for {name}, which the model does not have")
+        shape = None if expected_shapes is None else expected_shapes[name]
+        dense[name], masks[name] = decode(prefix, parts, shape)
     return dense, masks

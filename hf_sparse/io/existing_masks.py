@@ -3,15 +3,13 @@
 Fine-tuning an already sparse checkpoint must not make it dense again. Two sources say which
 weights are pruned:
 
-- hf_sparse metadata: masks saved beside the weights (today ``sparsity_state.safetensors`` +
-  ``.json`` written by ``SparseTrainer.save_model`` and checkpoints), found either on the model
-  (``attach_masks``, as a loader does) or in the folder the model was loaded from
-  (``model.name_or_path``, set by plain ``from_pretrained``);
+- hf_sparse metadata: masks saved beside the weights (``sparse_masks.safetensors``, or implied by
+  a compressed layout), found either on the model (``attach_masks``, as a loader does) or in the
+  folder the model was loaded from (``model.name_or_path``, set by plain ``from_pretrained``);
 - exact zeros: the form in which most sparse models are published (dense ``save_pretrained``).
 
-``read_masks`` is the one place that reads metadata, so new on-disk forms (masks in
-``model.safetensors`` metadata, compressed folders) are one more reader in ``_DIRECTORY_READERS``.
-``ExistingMasks`` turns both sources into starting masks for the engine (pure tensor code).
+Folders are read by :func:`hf_sparse.io.load.read_folder_masks`, the one reader of a folder's
+masks. ``ExistingMasks`` turns both sources into starting masks for the engine (pure tensor code).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from typing import Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .training_state import has_sparsity_state, load_sparsity_state
 from ..config import INITIAL_MASKS
 from ..core.masks import overall_sparsity
 
@@ -36,30 +33,6 @@ MASKS_ATTR = "hf_sparse_masks"
 #: Under ``initial_masks="auto"``, targeted weights at least this sparse (exact zeros) are treated
 #: as already pruned; below it, stray exact zeros of a dense model (e.g. bf16 round-off) are ignored.
 AUTO_MIN_SPARSITY = 0.01
-
-
-def _masks_from_sparsity_state(directory: str) -> Optional[Masks]:
-    if not has_sparsity_state(directory):
-        return None
-    state, _ = load_sparsity_state(directory)
-    masks = state.get("masks") if isinstance(state, Mapping) else None
-    return {name: torch.as_tensor(m).to(torch.bool) for name, m in masks.items()} if masks else None
-
-
-def _masks_from_export(directory: str) -> Optional[Masks]:
-    """Masks of the export feature's folders (``hf_sparse.io.load.load_masks``), when installed."""
-    try:
-        from .load import load_masks  # type: ignore[attr-defined]  # the export feature (issue 11)
-    except ImportError:
-        return None
-    try:
-        return load_masks(directory)
-    except FileNotFoundError:  # a plain dense folder: no masks stored
-        return None
-
-
-# Readers of a folder, tried in order; the first that finds masks wins.
-_DIRECTORY_READERS: list[Callable[[str], Optional[Masks]]] = [_masks_from_export, _masks_from_sparsity_state]
 
 
 def attach_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -77,9 +50,10 @@ def read_masks(model_or_dir: Union[nn.Module, str, os.PathLike]) -> Optional[Mas
     """Masks recorded by hf_sparse for a model or a folder, or None when there are none.
 
     A model: masks attached by a loader (``attach_masks``), else those in the folder it was loaded
-    from. A folder: the hf_sparse state saved there. Exact zeros are not metadata: see
-    ``masks_from_zeros``.
+    from. A folder: the masks saved there (:func:`hf_sparse.io.load.read_folder_masks`). Exact
+    zeros are not metadata: see ``masks_from_zeros``.
     """
+    from .load import read_folder_masks  # load builds on this module
     if isinstance(model_or_dir, nn.Module):
         attached = getattr(model_or_dir, MASKS_ATTR, None)
         if attached is not None:
@@ -89,15 +63,14 @@ def read_masks(model_or_dir: Union[nn.Module, str, os.PathLike]) -> Optional[Mas
     directory = os.fspath(model_or_dir)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"read_masks: {directory!r} is not a folder")
-    for reader in _DIRECTORY_READERS:
-        masks = reader(directory)
-        if masks:
-            return masks
-    return None
+    return read_folder_masks(directory) or None
 
 
 def masks_from_zeros(weights: Mapping[str, torch.Tensor]) -> Masks:
-    """True where a weight is nonzero: the masks of a model published dense-with-zeros."""
+    """True where a weight is nonzero: the masks of a model published dense-with-zeros.
+
+    The one ``weight != 0`` mask builder of the checkpoint code (save, load, inspect use it).
+    """
     return {name: w.detach() != 0 for name, w in weights.items()}
 
 
@@ -168,7 +141,7 @@ class ExistingMasks:
             if masks is None:
                 raise ValueError(
                     "initial_masks='metadata' but the model carries no hf_sparse masks (none attached with "
-                    "hf_sparse.io.existing_masks.attach_masks, no sparsity_state.json in its folder); "
+                    "hf_sparse.io.existing_masks.attach_masks, no sparse_masks.safetensors in its folder); "
                     "use initial_masks='zeros' for a model published dense-with-zeros"
                 )
             return masks, "metadata"

@@ -7,7 +7,6 @@ then ``HfApi.create_repo`` + ``HfApi.upload_folder`` send it as is.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from typing import Any, Mapping, Optional, Union
 
@@ -15,19 +14,10 @@ import torch
 from huggingface_hub import HfApi
 from torch import nn
 
-from .save import Compressed, _format_of, save_sparse
-from .load import detect_format, load_sparse
+from .save import Compressed, layout_of, save_sparse
+from .load import detect_format
 from .model_card import CARD_NAME, write_model_card
-
-_WEIGHT_PREFIXES = ("model.safetensors", "model-", "model.sparse", "sparse_masks", "config.json")
-
-
-def _copy_extras(source: str, target: str) -> None:
-    """Copy tokenizer, card, plots...: everything but the weights save_sparse rewrites."""
-    for name in os.listdir(source):
-        path = os.path.join(source, name)
-        if os.path.isfile(path) and not name.startswith(_WEIGHT_PREFIXES) and not os.path.exists(os.path.join(target, name)):
-            shutil.copy2(path, os.path.join(target, name))
+from .resave import resave
 
 
 def push_to_hub(
@@ -60,13 +50,9 @@ def push_to_hub(
         else:
             source = os.fspath(model_or_dir)
             folder = source
-            if compressed is not None and detect_format(source) != _format_of(compressed):
-                model, loaded = load_sparse(source)
+            if compressed is not None and detect_format(source) != layout_of(compressed):
                 folder = staging
-                save_sparse(model, folder, masks=masks or loaded, config=config, compressed=compressed)
-                _copy_extras(source, folder)
-                if os.path.isfile(os.path.join(folder, CARD_NAME)):
-                    os.unlink(os.path.join(folder, CARD_NAME))  # its "how to load" described the old layout
+                resave(source, folder, compressed, masks=masks, config=config)
             if not os.path.isfile(os.path.join(folder, CARD_NAME)):
                 write_model_card(folder, masks=masks, sparsity_config=config, **card_kwargs)
         api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")

@@ -11,7 +11,10 @@ Folder layouts (``save_sparse``):
 
 Every file hf_sparse writes carries header metadata (strings): ``hf_sparse_format_version``,
 ``hf_sparse_format``, ``hf_sparse_sparsity_config`` (JSON), ``hf_sparse_tensor_sparsity``
-(JSON ``{name: sparsity}``), and for ``native`` ``hf_sparse_encodings`` / ``hf_sparse_aliases``.
+(JSON ``{name: sparsity}``), ``hf_sparse_save_id`` (the same in every file of one save, so files
+of different saves are told apart), ``hf_sparse_masks`` (``"file"``: the masks are in
+``sparse_masks.safetensors`` of the same save; ``"weights"``: the weights' encoding implies them),
+and for ``native`` ``hf_sparse_encodings`` / ``hf_sparse_aliases``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from .compressed_tensors import as_2d, pack_bits, unpack_bits
-from .shards import load_tensors, save_sharded
+from .shards import Checkpoint, save_sharded
 
 FORMAT_VERSION = 1
 DENSE, NATIVE, COMPRESSED_TENSORS = "dense", "native", "compressed-tensors"
@@ -39,6 +42,11 @@ KEY_SPARSITY = "hf_sparse_tensor_sparsity"
 KEY_ENCODINGS = "hf_sparse_encodings"
 KEY_ALIASES = "hf_sparse_aliases"
 KEY_SHAPES = "hf_sparse_mask_shapes"
+KEY_SAVE_ID = "hf_sparse_save_id"
+KEY_MASKS = "hf_sparse_masks"
+MASKS_IN_FILE, MASKS_IN_WEIGHTS = "file", "weights"
+#: header keys every file of one save must agree on
+SAVE_KEYS = (KEY_VERSION, KEY_FORMAT, KEY_SAVE_ID, KEY_MASKS, KEY_CONFIG)
 
 
 def check_version(metadata: Mapping[str, str], where: str) -> None:
@@ -66,11 +74,19 @@ def json_meta(metadata: Mapping[str, str], key: str, where: str) -> Any:
         raise ValueError(f"{where}: header metadata {key} is corrupt: {err}") from err
 
 
-def base_metadata(fmt: str, config: Optional[Mapping[str, Any]], masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
+def base_metadata(
+    fmt: str,
+    config: Optional[Mapping[str, Any]],
+    masks: Mapping[str, torch.Tensor],
+    save_id: str,
+    masks_where: str,
+) -> dict[str, str]:
     return {
         "format": "pt",
         KEY_VERSION: str(FORMAT_VERSION),
         KEY_FORMAT: fmt,
+        KEY_SAVE_ID: save_id,
+        KEY_MASKS: masks_where,
         KEY_CONFIG: json.dumps(dict(config) if config else None, sort_keys=True),
         KEY_SPARSITY: json.dumps({n: round(1.0 - int(m.sum()) / max(m.numel(), 1), 8) for n, m in masks.items()}),
     }
@@ -83,19 +99,26 @@ def save_masks(directory: str, masks: Mapping[str, torch.Tensor], metadata: Mapp
     save_sharded(packed, directory, MASKS_PATTERN, "5GB", lambda keys: {**metadata, KEY_SHAPES: shapes})
 
 
-def read_masks(files: list[str]) -> dict[str, torch.Tensor]:
-    packed, metadata = load_tensors(files)
-    check_version(metadata, files[0])
-    shapes = json_meta(metadata, KEY_SHAPES, files[0])
-    if not isinstance(shapes, dict):
-        raise ValueError(f"{files[0]} lacks {KEY_SHAPES}: not an hf_sparse masks file")
-    masks = {}
-    for name, bits in packed.items():
-        if name not in shapes:
-            raise ValueError(f"{files[0]}: mask {name!r} has no recorded shape")
-        shape = shapes[name]
+def read_masks_file(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """Decode a ``sparse_masks.safetensors`` checkpoint (headers already read), checking every shape first."""
+    where = checkpoint.first
+    shapes: dict = {}
+    for path, metadata in zip(checkpoint.files, checkpoint.metadata):
+        check_version(metadata, path)
+        part = json_meta(metadata, KEY_SHAPES, path)
+        if not isinstance(part, dict):
+            raise ValueError(f"{path} lacks {KEY_SHAPES}: not an hf_sparse masks file")
+        shapes.update(part)
+    for name, info in checkpoint.tensors.items():
+        shape = shapes.get(name)
+        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise ValueError(f"{where}: mask {name!r} has no valid recorded shape in {KEY_SHAPES} ({shape!r})")
         rows, cols = as_2d(shape)
-        if tuple(bits.shape) != (rows, math.ceil(cols / 8)) or bits.dtype != torch.uint8:
-            raise ValueError(f"{files[0]}: mask {name!r} bits {tuple(bits.shape)} do not fit shape {shape}: corrupt")
-        masks[name] = unpack_bits(bits, cols).reshape(shape)
-    return masks
+        if info.shape != (rows, math.ceil(cols / 8)) or info.dtype != torch.uint8:
+            raise ValueError(
+                f"{where}: mask {name!r} bits {info.shape} {info.dtype} do not fit its recorded shape {shape}: corrupt"
+            )
+    return {
+        name: unpack_bits(bits, as_2d(shapes[name])[1]).reshape(shapes[name])
+        for name, bits in checkpoint.load().items()
+    }

@@ -10,21 +10,27 @@ import json
 import logging
 import os
 import warnings
-from typing import Mapping, Optional, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from . import compressed_tensors as native
 from . import ct_layout
-from ..config import SparsityConfig
-from .files import atomic_write_text
+from ..config import CONFIG_NAME, SparsityConfig
 from ..core.masks import check_masks_fit
+from .existing_masks import masks_from_zeros
+from .files import atomic_write_text, new_save_id, save_transaction
+from .folder import inspect_folder
 from .native_format import (
     COMPRESSED_TENSORS,
     DENSE,
     KEY_ALIASES,
     KEY_ENCODINGS,
+    KEY_SAVE_ID,
+    MASKS_IN_FILE,
+    MASKS_IN_WEIGHTS,
     MASKS_PATTERN,
     NATIVE,
     NATIVE_PATTERN,
@@ -32,16 +38,31 @@ from .native_format import (
     base_metadata,
     save_masks,
 )
-from .shards import remove_checkpoint_files, rewrite_metadata, save_sharded, weight_files
+from .shards import is_checkpoint_file, open_checkpoint, save_sharded
+from .training_state import STATE_FILES
 from ..core.targets import find_targets
 
 logger = logging.getLogger(__name__)
 
 Compressed = Union[bool, str]
-_LEGACY_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+_LEGACY_WEIGHTS = ("tf_model.h5", "flax_model.msgpack")
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
-def _format_of(compressed: Compressed) -> str:
+def replaced_by_a_save(name: str) -> bool:
+    """Files of an earlier checkpoint that a new save removes (they would disagree with it).
+
+    Weights in any layout (ours, transformers' shards and index, legacy formats), masks, the
+    sparsity config and the resume state; tokenizer files, cards and plots stay.
+    """
+    if any(is_checkpoint_file(name, p) for p in (WEIGHTS_PATTERN, NATIVE_PATTERN, MASKS_PATTERN)):
+        return True
+    if name.startswith("pytorch_model") and (name.endswith(".bin") or name.endswith(".bin.index.json")):
+        return True
+    return name in _LEGACY_WEIGHTS or name in _ADAPTER_WEIGHTS or name == CONFIG_NAME or name in STATE_FILES
+
+
+def layout_of(compressed: Compressed) -> str:
     if compressed is False or compressed is None or compressed == DENSE:
         return DENSE
     if compressed is True or compressed == NATIVE:
@@ -67,9 +88,23 @@ def resolve_masks(
     """The masks to save: given ones (checked against the model), else ``weight != 0`` of the targets."""
     if masks is None:
         targets = find_targets(model, (config or {}).get("targets"), (config or {}).get("ignore"))
-        return {t.name: t.param.detach().ne(0).cpu() for t in targets}
+        return {n: m.cpu() for n, m in masks_from_zeros({t.name: t.param for t in targets}).items()}
     check_masks_fit(dict(model.named_parameters()), masks)
     return {name: mask.detach().cpu().to(torch.bool) for name, mask in masks.items()}
+
+
+def check_weights_follow_masks(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], where: str) -> None:
+    """A nonzero weight where its mask says pruned means weights and masks disagree: name the tensor."""
+    for name, mask in masks.items():
+        weight = weights.get(name)
+        if weight is None:
+            continue
+        bad = int((weight.detach().ne(0) & ~mask.to(device=weight.device, dtype=torch.bool)).sum())
+        if bad:
+            raise ValueError(
+                f"{where}: {name} has {bad} nonzero weights where its mask is False: apply the masks first "
+                "(e.g. trainer.sparsifier.apply_masks()) or pass masks=None to derive them from the weights"
+            )
 
 
 def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -87,18 +122,6 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return kept, aliases
 
 
-def _clean(directory: str, keep: str) -> None:
-    """Remove weights of the other layouts, so a folder never holds two disagreeing checkpoints."""
-    for pattern in (WEIGHTS_PATTERN, NATIVE_PATTERN, MASKS_PATTERN):
-        if pattern != keep:
-            remove_checkpoint_files(directory, pattern)
-    for name in _LEGACY_WEIGHTS:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            logger.warning("removing stale %s from %s", name, directory)
-            os.unlink(path)
-
-
 def _save_config(model: nn.Module, directory: str, quantization_config: Optional[dict] = None) -> None:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
@@ -114,23 +137,61 @@ def _save_config(model: nn.Module, directory: str, quantization_config: Optional
         generation.save_pretrained(directory)
 
 
-def annotate_checkpoint(
-    directory: str,
-    masks: Mapping[str, torch.Tensor],
-    config: Union[SparsityConfig, Mapping, None] = None,
-) -> None:
-    """Add hf_sparse header metadata to the dense weights in ``directory`` and write the masks file.
+@contextmanager
+def header_metadata(staging: str, metadata: Mapping[str, str]) -> Iterator[None]:
+    """Give the weights files that ``save_pretrained`` (or the Trainer) writes into ``staging`` our header.
 
-    Used by :func:`save_sparse` and by ``SparseTrainer`` right after ``Trainer._save``.
+    The metadata goes into the first (and only) write of each file: transformers' safetensors
+    writer is wrapped for the duration, for files inside ``staging`` only.
     """
-    files = weight_files(directory, WEIGHTS_PATTERN)
-    if not files:
-        raise FileNotFoundError(f"no model.safetensors (or shards) in {directory} to annotate")
-    metadata = base_metadata(DENSE, _config_dict(config), masks)
-    for path in files:
-        rewrite_metadata(path, metadata)
-    remove_checkpoint_files(directory, NATIVE_PATTERN)  # a stale compressed copy would shadow these weights
-    save_masks(directory, masks, metadata)
+    import safetensors.torch
+    import transformers.modeling_utils as modeling_utils
+
+    originals = {(modeling_utils, "safe_save_file"): modeling_utils.safe_save_file,
+                 (safetensors.torch, "save_file"): safetensors.torch.save_file}
+    root = os.path.abspath(staging) + os.sep
+
+    def wrap(original: Callable) -> Callable:
+        def save_file(tensors, filename, metadata=None):
+            if os.path.abspath(os.fspath(filename)).startswith(root):
+                metadata = {**(metadata or {}), **metadata_to_add}
+            return original(tensors, filename, metadata=metadata)
+
+        return save_file
+
+    metadata_to_add = dict(metadata)
+    try:
+        for (module, name), original in originals.items():
+            setattr(module, name, wrap(original))
+        yield
+    finally:
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
+
+
+def write_dense_checkpoint(
+    staging: str,
+    write_weights: Callable[[Mapping[str, str]], None],
+    masks: Mapping[str, torch.Tensor],
+    config: Optional[dict],
+    save_id: str,
+) -> None:
+    """The dense layout into ``staging``: weights (by ``write_weights(header)``) + the masks file.
+
+    Shared by :func:`save_sparse` and ``SparseTrainer._save`` (whose weights the Trainer writes).
+    """
+    metadata = base_metadata(DENSE, config, masks, save_id, MASKS_IN_FILE)
+    with header_metadata(staging, metadata):
+        write_weights(metadata)
+    checkpoint = open_checkpoint(staging, WEIGHTS_PATTERN)
+    if checkpoint is not None and any(m.get(KEY_SAVE_ID) != save_id for m in checkpoint.metadata):
+        raise RuntimeError(  # the writer changed how it saves: never leave weights without our header
+            f"{staging}: the weights were written without hf_sparse's header; please report this with your "
+            "transformers version"
+        )
+    save_masks(staging, masks, metadata)
+    if config is not None:
+        SparsityConfig.from_dict(config).save_pretrained(staging)
 
 
 def save_sparse(
@@ -147,31 +208,37 @@ def save_sparse(
     targets of ``config`` (or hf_sparse's default targets). ``compressed``: ``False`` dense +
     masks, ``True`` hf_sparse's native compressed layout, ``"compressed-tensors"`` the
     compressed-tensors 0.14 sparse-bitmask layout. Large models are sharded like ``save_pretrained``.
+    The save is a transaction: the new checkpoint is written and checked beside the old one, then
+    replaces it (and any earlier save's files that would disagree); a failure keeps the old one.
     """
-    fmt = _format_of(compressed)
+    fmt = layout_of(compressed)
     directory = os.fspath(save_directory)
-    os.makedirs(directory, exist_ok=True)
     config_dict = _config_dict(config)
     masks = resolve_masks(model, masks, config_dict)
-    if config_dict is not None:
-        SparsityConfig.from_dict(config_dict).save_pretrained(directory)
-    if fmt == DENSE:
-        _clean(directory, WEIGHTS_PATTERN)
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(directory, max_shard_size=max_shard_size)
+    check_weights_follow_masks(dict(model.named_parameters()), masks, "save_sparse")
+    save_id = new_save_id()
+    with save_transaction(directory, replaced_by_a_save, verify=inspect_folder) as staging:
+        if fmt == DENSE:
+            write_dense_checkpoint(staging, lambda header: _write_dense_weights(model, staging, max_shard_size, header), masks,
+                                   config_dict, save_id)
         else:
-            tensors, _ = _dedupe(model.state_dict())
-            save_sharded(tensors, directory, WEIGHTS_PATTERN, max_shard_size, lambda keys: {"format": "pt"})
-        annotate_checkpoint(directory, masks, config_dict)
-    elif fmt == NATIVE:
-        _save_native(model, directory, masks, config_dict, max_shard_size)
-    else:
-        _save_compressed_tensors(model, directory, masks, config_dict, max_shard_size)
+            if config_dict is not None:
+                SparsityConfig.from_dict(config_dict).save_pretrained(staging)
+            writer = _save_native if fmt == NATIVE else _save_compressed_tensors
+            writer(model, staging, masks, config_dict, max_shard_size, save_id)
     logger.info("saved %s checkpoint to %s", fmt, directory)
     return fmt
 
 
-def _save_native(model: nn.Module, directory: str, masks: dict, config: Optional[dict], max_shard_size) -> None:
+def _write_dense_weights(model: nn.Module, staging: str, max_shard_size: Union[int, str], header: Mapping[str, str]) -> None:
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(staging, max_shard_size=max_shard_size)  # header added by header_metadata
+    else:
+        tensors, _ = _dedupe(model.state_dict())
+        save_sharded(tensors, staging, WEIGHTS_PATTERN, max_shard_size, lambda keys: dict(header))
+
+
+def _save_native(model: nn.Module, directory: str, masks: dict, config: Optional[dict], max_shard_size, save_id: str) -> None:
     state, aliases = _dedupe(model.state_dict())
     tensors: dict[str, torch.Tensor] = {}
     encodings: dict[str, dict] = {}
@@ -186,10 +253,9 @@ def _save_native(model: nn.Module, directory: str, masks: dict, config: Optional
     missing = sorted(set(masks) - set(encodings))
     if missing:
         raise ValueError(f"masks name tensors absent from the state dict (tied or not persistent?): {missing}")
-    metadata = base_metadata(NATIVE, config, masks)
+    metadata = base_metadata(NATIVE, config, masks, save_id, MASKS_IN_WEIGHTS)
     metadata[KEY_ENCODINGS] = json.dumps(encodings, sort_keys=True)
     metadata[KEY_ALIASES] = json.dumps(aliases, sort_keys=True)
-    _clean(directory, NATIVE_PATTERN)
     save_sharded(tensors, directory, NATIVE_PATTERN, max_shard_size, lambda keys: metadata)
     _save_config(model, directory)
 
@@ -198,13 +264,15 @@ def _is_24(masks: Mapping[str, torch.Tensor]) -> bool:
     return bool(masks) and all(m.dim() == 2 and native.is_2_4(m) for m in masks.values())
 
 
-def _save_compressed_tensors(model: nn.Module, directory: str, masks: dict, config: Optional[dict], max_shard_size) -> None:
+def _save_compressed_tensors(
+    model: nn.Module, directory: str, masks: dict, config: Optional[dict], max_shard_size, save_id: str
+) -> None:
     warnings.warn(
         "compressed-tensors layout: readable by compressed-tensors <= 0.14 (transformers <= 4.55 with it) "
         "and hf_sparse.load_sparse; transformers >= 5.10 cannot read it and silently loads RANDOM weights "
         "for the compressed modules. Prefer compressed=True (fails loudly without hf_sparse) or dense.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     fmt = ct_layout.BITMASK_24 if _is_24(masks) else ct_layout.BITMASK
     state, _ = _dedupe(model.state_dict())
@@ -215,8 +283,6 @@ def _save_compressed_tensors(model: nn.Module, directory: str, masks: dict, conf
         if name not in masks:
             tensors[name] = tensor
             continue
-        if bool((tensor.ne(0) & ~masks[name]).any()):
-            raise ValueError(f"{name} has nonzero weights where its mask is False; apply the masks before saving")
         prefix = name[: -len(".weight")] if name.endswith(".weight") else name
         if not name.endswith(".weight") or prefix not in modules:
             raise ValueError(f"compressed-tensors layout compresses module weights only, not {name!r}")
@@ -227,14 +293,15 @@ def _save_compressed_tensors(model: nn.Module, directory: str, masks: dict, conf
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     block = ct_layout.config_block(fmt, sorted(targets), ignore, round(1.0 - kept / max(total, 1), 6))
-    _clean(directory, WEIGHTS_PATTERN)
-    metadata = base_metadata(COMPRESSED_TENSORS, config, masks)
-    save_sharded(tensors, directory, WEIGHTS_PATTERN, max_shard_size, lambda keys: metadata)
     # compressed-tensors stores W != 0; keep exact masks beside it when they differ (kept zeros)
     implied = {
-        n: state[n].ne(0) if fmt == ct_layout.BITMASK else ct_layout.mask_24(ct_layout.normalise_zeros(state[n]))
+        n: masks_from_zeros({n: state[n]})[n] if fmt == ct_layout.BITMASK
+        else ct_layout.mask_24(ct_layout.normalise_zeros(state[n]))
         for n in masks
     }
-    if any(not torch.equal(implied[n], masks[n]) for n in masks):
+    exact = all(torch.equal(implied[n], masks[n]) for n in masks)
+    metadata = base_metadata(COMPRESSED_TENSORS, config, masks, save_id, MASKS_IN_WEIGHTS if exact else MASKS_IN_FILE)
+    save_sharded(tensors, directory, WEIGHTS_PATTERN, max_shard_size, lambda keys: metadata)
+    if not exact:
         save_masks(directory, masks, metadata)
     _save_config(model, directory, block)

@@ -1,18 +1,18 @@
-"""safetensors files and shard indexes: checked reads, atomic (sharded) writes, header metadata edits.
+"""safetensors files and shard indexes: checked reads (headers first, data after), sharded writes.
 
 Only safetensors, never pickle. Every read goes through :func:`open_checked`, so a truncated or
-corrupt file gives a ``ValueError`` naming it instead of a crash deep inside a loader.
+corrupt file gives a ``ValueError`` naming it instead of a crash deep inside a loader. A
+:class:`Checkpoint` reads the headers of all files of one (possibly sharded) checkpoint without
+touching tensor data, so names, dtypes and shapes can be checked before anything is allocated.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
-import shutil
-import struct
-from typing import Callable, Mapping, Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -21,11 +21,25 @@ from safetensors.torch import save_file
 
 from .files import atomic_path, atomic_write_text
 
-_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+# safetensors dtype names -> torch dtypes (the ones a checkpoint of ours or transformers' holds)
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def index_name(pattern: str) -> str:
     return pattern.format(suffix="") + ".index.json"
+
+
+def shard_regex(pattern: str) -> "re.Pattern[str]":
+    return re.compile(re.escape(pattern).replace(re.escape("{suffix}"), r"-\d{5}-of-\d{5}") + "$")
+
+
+def is_checkpoint_file(name: str, pattern: str) -> bool:
+    """Whether ``name`` is the single file, a shard or the index of a checkpoint saved under ``pattern``."""
+    return name in (pattern.format(suffix=""), index_name(pattern)) or bool(shard_regex(pattern).match(name))
 
 
 def open_checked(path: str) -> "safe_open":
@@ -41,51 +55,145 @@ def read_metadata(path: str) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
-def weight_files(directory: str, pattern: str) -> Optional[list[str]]:
-    """Files of a (possibly sharded) checkpoint named by ``pattern``, or None when absent."""
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a safetensors header says about one tensor (no data read)."""
+
+    path: str
+    dtype: Union[torch.dtype, str]
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """(tensor infos by key, header metadata) of one file, reading only its header."""
+    try:
+        with open_checked(path) as handle:
+            metadata = dict(handle.metadata() or {})
+            infos = {}
+            for key in handle.keys():
+                piece = handle.get_slice(key)
+                dtype = piece.get_dtype()
+                infos[key] = TensorInfo(path, _DTYPES.get(dtype, dtype), tuple(int(s) for s in piece.get_shape()))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"{path} is corrupt or truncated: {err}") from err
+    return infos, metadata
+
+
+@dataclass
+class Checkpoint:
+    """The files of one checkpoint saved under a name pattern, with every header read and cross-checked.
+
+    ``tensors`` maps each key to the file that holds it (for a sharded checkpoint: the shard its
+    index names; a key found in another shard too is an error, not a silent override).
+    """
+
+    directory: str
+    pattern: str
+    files: list[str]
+    tensors: dict[str, TensorInfo]
+    metadata: list[dict[str, str]]  # per file, in ``files`` order
+
+    @property
+    def first(self) -> str:
+        return self.files[0]
+
+    def load(self, keys: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
+        """Tensor data of ``keys`` (default all), each read from the file the header check assigned it."""
+        wanted = list(self.tensors) if keys is None else list(keys)
+        by_file: dict[str, list[str]] = {}
+        for key in wanted:
+            by_file.setdefault(self.tensors[key].path, []).append(key)
+        out: dict[str, torch.Tensor] = {}
+        for path, names in by_file.items():
+            try:
+                with open_checked(path) as handle:
+                    for key in names:
+                        out[key] = handle.get_tensor(key)
+            except (SafetensorError, OSError, RuntimeError) as err:
+                raise ValueError(f"{path} is corrupt or truncated: {err}") from err
+        return out
+
+
+def _read_index(path: str, directory: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            weight_map = json.load(handle)["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is corrupt (expected a JSON object with a 'weight_map'): {err}") from err
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{path}: 'weight_map' must be a non-empty object of tensor name -> shard file")
+    for key, name in weight_map.items():  # an index must not point outside its folder
+        if not isinstance(name, str) or os.path.basename(name) != name or not name.endswith(".safetensors"):
+            raise ValueError(f"{path} names an invalid shard file {name!r} for {key!r}")
+        if not os.path.isfile(os.path.join(directory, name)):
+            raise ValueError(f"{path} names {name}, which is missing from {directory}: incomplete checkpoint")
+    return weight_map
+
+
+def open_checkpoint(directory: str, pattern: str) -> Optional[Checkpoint]:
+    """Headers of the checkpoint saved under ``pattern`` in ``directory``; None when it has no such files.
+
+    Refuses folders whose files disagree: a single file beside an index, shards the index does not
+    name (left by an earlier save), a key stored in a shard other than the one the index names.
+    """
     single = os.path.join(directory, pattern.format(suffix=""))
     index = os.path.join(directory, index_name(pattern))
+    shard_re = shard_regex(pattern)
+    shards_on_disk = sorted(n for n in os.listdir(directory) if shard_re.match(n))
     if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as handle:
-                weight_map = json.load(handle)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index} is corrupt: {err}") from err
+        if os.path.isfile(single):
+            raise ValueError(
+                f"{directory} holds both {os.path.basename(single)} and {os.path.basename(index)} (two saves mixed): "
+                "delete the one that is not current, or save the model again into an empty folder"
+            )
+        weight_map = _read_index(index, directory)
         names = sorted(set(weight_map.values()))
-        for name in names:  # an index must not point outside its folder
-            if not isinstance(name, str) or os.path.basename(name) != name or not name.endswith(".safetensors"):
-                raise ValueError(f"{index} names an invalid shard file {name!r}")
-            if not os.path.isfile(os.path.join(directory, name)):
-                raise ValueError(f"{index} names {name}, which is missing from {directory}")
-        return [os.path.join(directory, n) for n in names]
+        stray = sorted(set(shards_on_disk) - set(names))
+        if stray:
+            raise ValueError(
+                f"{directory}: shards {stray} are not named by {os.path.basename(index)} (left by an earlier save?): "
+                "delete them, or save the model again into an empty folder"
+            )
+        files = [os.path.join(directory, n) for n in names]
+        headers = [read_header(p) for p in files]
+        tensors: dict[str, TensorInfo] = {}
+        for path, (infos, _) in zip(files, headers):
+            for key, info in infos.items():
+                owner = weight_map.get(key)
+                if owner != os.path.basename(path):
+                    where = f"names {owner}" if owner else "does not name it"
+                    raise ValueError(
+                        f"{path} holds tensor {key!r} but {os.path.basename(index)} {where}: stale or corrupt shard"
+                    )
+                tensors[key] = info
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise ValueError(f"{index} lists tensors absent from their shards: {missing[:5]}: incomplete checkpoint")
+        return Checkpoint(directory, pattern, files, tensors, [m for _, m in headers])
     if os.path.isfile(single):
-        return [single]
+        if shards_on_disk:
+            raise ValueError(
+                f"{directory} holds {os.path.basename(single)} and shards {shards_on_disk[:3]} without an index "
+                "(two saves mixed): delete the shards, or save the model again into an empty folder"
+            )
+        infos, metadata = read_header(single)
+        return Checkpoint(directory, pattern, [single], infos, [metadata])
+    if shards_on_disk:
+        raise ValueError(f"{directory} holds shards {shards_on_disk[:3]} but no {os.path.basename(index)}: incomplete checkpoint")
     return None
 
 
-def load_tensors(files: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of ``files`` and their merged header metadata (later shards win on equal keys)."""
-    tensors: dict[str, torch.Tensor] = {}
-    metadata: dict[str, str] = {}
-    for path in files:
-        with open_checked(path) as handle:
-            metadata.update(handle.metadata() or {})
-            try:
-                for key in handle.keys():
-                    tensors[key] = handle.get_tensor(key)
-            except (SafetensorError, OSError, RuntimeError) as err:
-                raise ValueError(f"{path} is corrupt or truncated: {err}") from err
-    return tensors, metadata
-
-
-def remove_checkpoint_files(directory: str, pattern: str) -> None:
-    """Delete a previous checkpoint saved under ``pattern`` (single file, shards and index)."""
-    single = pattern.format(suffix="")
-    shard_re = re.compile(re.escape(pattern).replace(re.escape("{suffix}"), r"-\d{5}-of-\d{5}") + "$")
-    for path in glob.glob(os.path.join(directory, "*.safetensors*")):
-        name = os.path.basename(path)
-        if name in (single, index_name(pattern)) or shard_re.match(name):
-            os.unlink(path)
+def weight_files(directory: str, pattern: str) -> Optional[list[str]]:
+    """Files of a (possibly sharded) checkpoint named by ``pattern``, or None when absent."""
+    checkpoint = open_checkpoint(directory, pattern)
+    return None if checkpoint is None else checkpoint.files
 
 
 def save_sharded(
@@ -97,11 +205,10 @@ def save_sharded(
 ) -> list[str]:
     """Write ``tensors`` like ``save_pretrained``: one file, or shards plus an index when too big.
 
-    ``metadata_for(keys)`` gives each file's header metadata (str -> str). Files are written to a
-    temporary name and renamed; the index is written last.
+    Meant for a fresh staging folder (see :func:`hf_sparse.io.files.save_transaction`): each file
+    is still written under a temporary name and renamed, the index last.
     """
     split = split_torch_state_dict_into_shards(dict(tensors), filename_pattern=pattern, max_shard_size=max_shard_size)
-    remove_checkpoint_files(directory, pattern)
     written = []
     for filename, keys in split.filename_to_tensors.items():
         path = os.path.join(directory, filename)
@@ -113,30 +220,3 @@ def save_sharded(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
         atomic_write_text(os.path.join(directory, index_name(pattern)), json.dumps(index, indent=2) + "\n")
     return written
-
-
-def rewrite_metadata(path: str, extra: Mapping[str, str]) -> None:
-    """Add ``extra`` to a safetensors file's ``__metadata__`` without decoding its tensors.
-
-    Tensor offsets are relative to the end of the header, so only the header changes; the data
-    bytes are streamed into a temporary file that replaces ``path`` atomically.
-    """
-    with open_checked(path):  # validate first
-        pass
-    with open(path, "rb") as src:
-        (length,) = struct.unpack("<Q", src.read(8))
-        if length > _HEADER_LIMIT:
-            raise ValueError(f"{path}: header too large")
-        header = json.loads(src.read(length))
-        meta = dict(header.get("__metadata__") or {})
-        meta.update({str(k): str(v) for k, v in extra.items()})
-        header["__metadata__"] = meta
-        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        encoded += b" " * (-len(encoded) % 8)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as dst:
-                dst.write(struct.pack("<Q", len(encoded)))
-                dst.write(encoded)
-                shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
-                dst.flush()
-                os.fsync(dst.fileno())

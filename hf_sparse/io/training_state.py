@@ -1,27 +1,34 @@
-"""Sparsity state in a Trainer checkpoint: tensors in safetensors, the rest in JSON, never pickle.
+"""The sparsifier's resume state in a Trainer checkpoint: one safetensors file, never pickle.
 
-``sparsity_state.safetensors`` holds every tensor of the state (masks, counters, RNG state) under
-"/"-joined key paths; ``sparsity_state.json`` holds everything else with ``{"__tensor__": key}``
-placeholders, plus the config and a format version. The JSON is written last, so a folder whose
-JSON exists holds a complete state.
+``sparsity_state.safetensors`` holds every tensor of the state except the masks (counters, RNG
+state) under "/"-joined key paths, and in its header the rest as JSON (``{"__tensor__": key}``
+placeholders), the sparsity config and a format version. It is one file, so it is written (and
+replaced) in one atomic step. The masks are not copied into it: they are the checkpoint's
+``sparse_masks.safetensors`` (one masks file per save), and the header records the save id that
+file must carry, so a state is never combined with masks of another save.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .files import atomic_path, atomic_write_text
+from .files import new_save_id, save_transaction
+from .native_format import KEY_SAVE_ID, MASKS_PATTERN, base_metadata, save_masks
+from .shards import open_checkpoint
 
-STATE_TENSORS = "sparsity_state.safetensors"
-STATE_JSON = "sparsity_state.json"
-FORMAT_VERSION = 1
+STATE_FILE = "sparsity_state.safetensors"
+LEGACY_STATE_JSON = "sparsity_state.json"  # hf_sparse <= format 1 wrote the state as two files
+STATE_FILES = (STATE_FILE, LEGACY_STATE_JSON)
+FORMAT_VERSION = 2
+KEY_STATE = "hf_sparse_state"
 _TENSOR_KEY = "__tensor__"
+_MASKS = "masks"
 
 
 def _split(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -32,55 +39,143 @@ def _split(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {str(k): _split(v, f"{path}/{k}", tensors) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_split(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"sparsity state {path} is {value}: refusing to save a non-finite number")
     return value
 
 
-def _join(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+def _join(value: Any, tensors: Mapping[str, torch.Tensor], where: str, depth: int = 0) -> Any:
+    if depth > 32:
+        raise ValueError(f"{where}: state nested deeper than 32 levels: corrupt")
     if isinstance(value, dict):
         if set(value) == {_TENSOR_KEY}:
             key = value[_TENSOR_KEY]
-            if key not in tensors:
-                raise ValueError(f"sparsity state refers to tensor {key!r}, absent from {STATE_TENSORS}")
+            if not isinstance(key, str) or key not in tensors:
+                raise ValueError(f"{where}: the state refers to tensor {key!r}, absent from the file")
             return tensors[key]
-        return {k: _join(v, tensors) for k, v in value.items()}
+        return {k: _join(v, tensors, where, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_join(v, tensors) for v in value]
+        return [_join(v, tensors, where, depth + 1) for v in value]
     return value
 
 
-def save_sparsity_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any]) -> None:
-    """Write the sparsifier's state into ``directory`` atomically."""
-    os.makedirs(directory, exist_ok=True)
+def write_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any], save_id: str) -> None:
+    """Write ``state`` minus its masks as ``sparsity_state.safetensors`` (into a staging folder)."""
     tensors: dict[str, torch.Tensor] = {}
-    body = _split(dict(state), "state", tensors)
-    with atomic_path(os.path.join(directory, STATE_TENSORS)) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", "hf_sparse_format_version": str(FORMAT_VERSION)})
-    document = {"format_version": FORMAT_VERSION, "config": dict(config_dict), "state": body}
-    atomic_write_text(os.path.join(directory, STATE_JSON), json.dumps(document, indent=1, sort_keys=True))
+    body = _split({k: v for k, v in state.items() if k != _MASKS}, "state", tensors)
+    document = {
+        "format_version": FORMAT_VERSION,
+        "config": dict(config_dict),
+        "state": body,
+        "masks_file": MASKS_PATTERN.format(suffix="") if state.get(_MASKS) is not None else None,
+    }
+    metadata = {"format": "pt", KEY_STATE: json.dumps(document, sort_keys=True), KEY_SAVE_ID: save_id}
+    save_file(tensors, os.path.join(directory, STATE_FILE), metadata=metadata)
+
+
+def save_sparsity_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any]) -> None:
+    """Write a state (its masks as ``sparse_masks.safetensors``) into ``directory`` as one transaction."""
+    save_id = new_save_id()
+    masks = state.get(_MASKS)
+    with save_transaction(directory, lambda name: name in STATE_FILES or name.startswith("sparse_masks")) as staging:
+        if masks is not None:
+            save_masks(staging, masks, base_metadata("state", None, masks, save_id, "file"))
+        write_state(staging, state, config_dict, save_id)
 
 
 def has_sparsity_state(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, STATE_JSON))
+    return any(os.path.isfile(os.path.join(directory, name)) for name in STATE_FILES)
 
 
-def load_sparsity_state(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return (state, config dict) saved by :func:`save_sparsity_state`, with clear errors."""
-    json_path = os.path.join(directory, STATE_JSON)
-    tensor_path = os.path.join(directory, STATE_TENSORS)
-    if not os.path.isfile(json_path) or not os.path.isfile(tensor_path):
-        raise FileNotFoundError(f"{directory} holds no hf_sparse state ({STATE_JSON} + {STATE_TENSORS})")
+def load_sparsity_state(directory: str, expected_masks: Optional[Mapping[str, torch.Size]] = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (state, config dict) saved by :func:`save_sparsity_state` or ``SparseTrainer``, validated.
+
+    ``expected_masks``: the shapes the masks must have (the sparsifier's targets).
+    """
+    from .load import read_masks_checkpoint  # load reads folders; this module is below it
+
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(directory, LEGACY_STATE_JSON)):
+            raise ValueError(
+                f"{directory} holds a resume state of an older hf_sparse ({LEGACY_STATE_JSON}, format 1), which this "
+                "version does not resume: load the model from the folder and start a new run instead"
+            )
+        raise FileNotFoundError(f"{directory} holds no hf_sparse state ({STATE_FILE})")
+    checkpoint = open_checkpoint(directory, STATE_FILE.replace(".safetensors", "{suffix}.safetensors"))
+    header = checkpoint.metadata[0]
     try:
-        with open(json_path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{json_path} is corrupt: {err}") from err
+        document = json.loads(header.get(KEY_STATE, ""))
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: header {KEY_STATE} is missing or corrupt: {err}") from err
+    if not isinstance(document, dict) or not isinstance(document.get("state"), dict):
+        raise ValueError(f"{path}: header {KEY_STATE} is not a state document")
     version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise ValueError(
-            f"{json_path} has format version {version!r}; this hf_sparse reads versions <= {FORMAT_VERSION}: upgrade hf_sparse"
+            f"{path} has format version {version!r}; this hf_sparse reads versions <= {FORMAT_VERSION}: upgrade hf_sparse"
         )
-    try:
-        tensors = load_file(tensor_path)
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"{tensor_path} is corrupt or truncated: {err}") from err
-    return _join(document["state"], tensors), document.get("config", {})
+    state = _join(document["state"], checkpoint.load(), path)
+    if document.get("masks_file") is not None:
+        masks, masks_id = read_masks_checkpoint(directory)
+        if masks is None or masks_id != header.get(KEY_SAVE_ID):
+            raise ValueError(
+                f"{path} and {MASKS_PATTERN.format(suffix='')} in {directory} are not from the same save "
+                "(interrupted save or files copied between checkpoints): resume from another checkpoint"
+            )
+        state[_MASKS] = masks
+    config = document.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: 'config' in {KEY_STATE} must be an object")
+    validate_state(state, path, expected_masks)
+    return state, config
+
+
+def validate_state(state: Mapping[str, Any], where: str, expected_masks: Optional[Mapping[str, torch.Size]] = None) -> None:
+    """Refuse a resume state that would silently change training: wrong types, shapes or ranges."""
+    for key in ("step", "update_count"):
+        if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0):
+            raise ValueError(f"{where}: '{key}' must be an integer >= 0, got {state[key]!r}")
+    for key in ("started", "pending_update"):
+        if key in state and not isinstance(state[key], bool):
+            raise ValueError(f"{where}: '{key}' must be true or false, got {state[key]!r}")
+    masks = state.get(_MASKS)
+    if masks is not None:
+        if not isinstance(masks, Mapping):
+            raise ValueError(f"{where}: 'masks' must map parameter names to bool tensors")
+        for name, mask in masks.items():
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise ValueError(f"{where}: mask {name!r} must be a bool tensor, got {kind}")
+        if expected_masks is not None:
+            missing, extra = sorted(set(expected_masks) - set(masks)), sorted(set(masks) - set(expected_masks))
+            if missing or extra:
+                raise ValueError(f"{where}: masks do not match the model's targets: missing {missing}, unexpected {extra}")
+            bad = [f"{n}: {tuple(masks[n].shape)} vs {tuple(s)}" for n, s in expected_masks.items() if masks[n].shape != s]
+            if bad:
+                raise ValueError(f"{where}: mask shapes do not match the model: {bad}")
+    method = state.get("method", {})
+    if not isinstance(method, Mapping):
+        raise ValueError(f"{where}: 'method' must be an object")
+    _validate_method_state(method, where)
+
+
+def _validate_method_state(method: Mapping[str, Any], where: str) -> None:
+    for key, value in method.items():
+        if key.endswith("sparsity") and value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{where}: method state '{key}' must be a sparsity in [0, 1), got {value!r}")
+        elif key in ("rounds",) and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{where}: method state '{key}' must be an integer >= 0, got {value!r}")
+        elif key == "generator":
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
+                raise ValueError(f"{where}: method state 'generator' must be a uint8 RNG state tensor")
+            expected = torch.Generator().get_state().numel()
+            if value.numel() != expected:
+                raise ValueError(f"{where}: method state 'generator' has {value.numel()} bytes, expected {expected}")
+        elif key == "active_counts":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(c, torch.Tensor) and not c.is_floating_point() and (c.numel() == 0 or int(c.min()) >= 0)
+                for c in value.values()
+            ):
+                raise ValueError(f"{where}: method state 'active_counts' must map names to integer tensors >= 0")

@@ -24,7 +24,6 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ..io.training_state import save_sparsity_state
 from ..config import parse_nm
 from ..core.masks import nm_mask, nonzero_mask, overall_sparsity
 from ..core.patterns import nm_pattern
@@ -75,10 +74,10 @@ class MergeResult:
         return text
 
     def save_pretrained(self, directory: Union[str, os.PathLike], **kwargs: Any) -> None:
-        """``model.save_pretrained`` plus the masks, as ``SparseTrainer.save_model`` writes them."""
-        self.model.save_pretrained(directory, **kwargs)
-        state = PeftSparsifier(self.model, None, self.masks).state_dict()
-        save_sparsity_state(os.fspath(directory), state, {})
+        """The merged model and its masks in hf_sparse's dense layout (``hf_sparse.save_sparse``)."""
+        from ..io.save import save_sparse
+
+        save_sparse(self.model, os.fspath(directory), masks=self.masks, **kwargs)
 
 
 def _logits(output: Any) -> torch.Tensor:

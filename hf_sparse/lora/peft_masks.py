@@ -14,9 +14,8 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ..io.training_state import STATE_JSON
 from ..config import CONFIG_NAME
-from ..io.existing_masks import read_masks
+from ..io.load import read_folder_masks
 from ..core.peft_layout import canonical_name
 from ..core.sparsifier import Sparsifier
 
@@ -29,25 +28,25 @@ PEFT_PREFIX = "base_model.model."
 
 
 def masks_from_directory(directory: Union[str, os.PathLike]) -> tuple[Masks, Optional[str]]:
-    """(masks, pattern) of a folder written by hf_sparse (any layout ``existing_masks.read_masks`` reads)."""
+    """(masks, pattern) of a folder written by hf_sparse (read by ``hf_sparse.io.load.read_folder_masks``)."""
     directory = os.fspath(directory)
-    masks = read_masks(directory)
+    masks = read_folder_masks(directory)
     if not masks:
-        raise FileNotFoundError(f"{directory} holds no hf_sparse masks (sparse_masks.safetensors or sparsity_state.*)")
+        raise FileNotFoundError(f"{directory} holds no hf_sparse masks (sparse_masks.safetensors or a compressed layout)")
     return dict(masks), _saved_pattern(directory)
 
 
 def _saved_pattern(directory: str) -> Optional[str]:
-    """The pattern recorded beside the masks (sparsity_config.json, else the state's config)."""
-    for name, key in ((CONFIG_NAME, None), (STATE_JSON, "config")):
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                document = json.load(handle)
-            config = document.get(key) if key else document
-            if isinstance(config, Mapping) and config.get("pattern"):
-                return config["pattern"]
-    return None
+    """The pattern recorded beside the masks (sparsity_config.json)."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is corrupt: {err}") from err
+    return config.get("pattern") if isinstance(config, Mapping) else None
 
 
 def _as_bool_masks(masks: Mapping[str, Any]) -> Masks:

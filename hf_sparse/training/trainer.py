@@ -15,19 +15,19 @@ import torch
 from transformers import Trainer
 
 from .callback import SparsityCallback
-from ..io.training_state import has_sparsity_state, load_sparsity_state, save_sparsity_state
+from ..io.training_state import has_sparsity_state, load_sparsity_state, write_state
 from ..config import SparsityConfig
 from .diagnostics import UnderTrainingCallback
 from .distill import DistillationConfig, distillation_loss
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
 from .presets import recommend_schedule_scale
-from ..io.save import annotate_checkpoint
+from ..io.files import new_save_id, save_transaction
+from ..io.folder import inspect_folder
+from ..io.save import replaced_by_a_save, write_dense_checkpoint
 from ..core.peft_layout import is_peft_model
 from ..lora.peft_sparsifier import PeftSparsifier
 from ..registry import get_method_class
-from ..io.native_format import WEIGHTS_PATTERN
 from ..core.sparsifier import Sparsifier
-from ..io.shards import weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -182,16 +182,29 @@ class SparseTrainer(Trainer):
 
     # -- saving and resuming ---------------------------------------------------------------------
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
-        super()._save(output_dir, state_dict)
+        """The Trainer's files plus the masks and resume state, as one transaction (hf_sparse.io.files).
+
+        Everything is written into a staging folder (the weights with hf_sparse's header in their
+        first write, one masks file, one state file), checked, then swapped in: an interrupted
+        save leaves the previous checkpoint in ``output_dir`` as it was.
+        """
         if not self.args.should_save:
-            return
+            return super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        config = self.sparsity_config.to_dict() if self.sparsity_config is not None else {}
-        if self.sparsity_config is not None:
-            self.sparsity_config.save_pretrained(output_dir)
-        save_sparsity_state(output_dir, self.sparsifier.state_dict(), config)
-        if weight_files(output_dir, WEIGHTS_PATTERN):  # header metadata + sparse_masks.safetensors (hf_sparse.save_sparse's dense layout)
-            annotate_checkpoint(output_dir, self.sparsifier.masks, self.sparsity_config)
+        config = self.sparsity_config.to_dict() if self.sparsity_config is not None else None
+        save_id = new_save_id()
+
+        def verify(staging: str) -> None:
+            if os.path.isfile(os.path.join(staging, "model.safetensors")) or os.path.isfile(
+                os.path.join(staging, "model.safetensors.index.json")
+            ):
+                inspect_folder(staging)
+
+        with save_transaction(output_dir, replaced_by_a_save, verify=verify) as staging:
+            masks = {name: mask.detach().cpu() for name, mask in self.sparsifier.masks.items()}
+            write_dense_checkpoint(staging, lambda header: super(SparseTrainer, self)._save(staging, state_dict), masks,
+                                   config, save_id)
+            write_state(staging, self.sparsifier.state_dict(), config or {}, save_id)
 
     # -- model card and Hub (hf_sparse.io.model_card / hf_sparse.io.hub) ------------------------------
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
@@ -251,11 +264,12 @@ class SparseTrainer(Trainer):
     def _load_sparsity_state(self, checkpoint: str) -> None:
         if not has_sparsity_state(checkpoint):
             raise ValueError(
-                f"{checkpoint} has no hf_sparse state (sparsity_state.json): it was not written by "
+                f"{checkpoint} has no hf_sparse state (sparsity_state.safetensors): it was not written by "
                 "SparseTrainer. To start sparse training from its weights, load the model from it "
                 "and train without resume_from_checkpoint."
             )
-        state, saved_config = load_sparsity_state(checkpoint)
+        expected = {name: param.shape for name, param in self.sparsifier.params.items()}
+        state, saved_config = load_sparsity_state(checkpoint, expected_masks=expected)
         current = self.sparsity_config.to_dict() if self.sparsity_config is not None else {}
         differing = sorted(k for k in current if k in saved_config and saved_config[k] != current[k])
         if differing:

@@ -202,7 +202,7 @@ def test_end_to_end_tiny(tiny, tmp_path):
     results = run.main(tiny_args(tiny, out))
     assert results["final_sparsity"] == pytest.approx(0.75, abs=0.01)
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["train_samples"] == 32
-    for name in ("sparsity_config.json", "sparsity_state.json", "sparsity_state.safetensors", "model.safetensors",
+    for name in ("sparsity_config.json", "sparsity_state.safetensors", "sparse_masks.safetensors", "model.safetensors",
                  "README.md", "eval_results.json", "sparsity_report.json", "tokenizer.json"):
         assert (out / name).is_file(), name
     assert SparsityConfig.from_pretrained(str(out)).sparsity == 0.75
