@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import INITIAL_MASKS
-from ..core.masks import overall_sparsity
+from ..core.masks import nonzero_mask, overall_sparsity
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def masks_from_zeros(weights: Mapping[str, torch.Tensor]) -> Masks:
 
     The one ``weight != 0`` mask builder of the checkpoint code (save, load, inspect use it).
     """
-    return {name: w.detach() != 0 for name, w in weights.items()}
+    return {name: nonzero_mask(w) for name, w in weights.items()}
 
 
 def per_layer_sparsity(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
