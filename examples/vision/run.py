@@ -15,10 +15,13 @@ is a hub id or local folder, or an architecture for a from-scratch model: ``resn
 (transformers' timm wrapper). Every SparsityConfig field is a flag (``--method``, ``--sparsity``,
 ``--allocation``, ``--method_args '{"cycles": 2}'``...; its ``seed`` is ``--sparsity_seed``).
 The saved folder loads with ``transformers.pipeline("image-classification", model=output_dir)``.
+Run as a script it switches the Hub and datasets offline only for what is local (the default, or
+local folders): a Hub model id or dataset name you pass is downloaded as usual.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -28,25 +31,42 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from hf_sparse import SparseTrainer, SparsityConfig, sparsity_report  # noqa: E402
-from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
-
-logger = logging.getLogger(__name__)
-
 RESNETS = {  # name -> (depths, hidden sizes, layer type, stem width)
     "resnet_tiny": ([2, 3, 3], [16, 32, 64], "basic", 16),
     "resnet18": ([2, 2, 2, 2], [64, 128, 256, 512], "basic", 64),
     "resnet34": ([3, 4, 6, 3], [64, 128, 256, 512], "basic", 64),
     "resnet50": ([3, 4, 6, 3], [256, 512, 1024, 2048], "bottleneck", 64),
 }
+
+
+def offline_flags(argv: list[str]) -> dict[str, str]:
+    """The offline switches this command line can take: none that would block a Hub model id or a
+    Hub dataset the user named. The built-in digits and from-scratch models never need the network."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--dataset_name", default=None)
+    peek.add_argument("--model_name_or_path", default="resnet_tiny")
+    known, _ = peek.parse_known_args(argv)
+    local_data = known.dataset_name is None or os.path.exists(known.dataset_name)
+    model = known.model_name_or_path
+    local_model = model in RESNETS or model.startswith("timm:") or os.path.exists(model)
+    flags = {"HF_DATASETS_OFFLINE": "1"} if local_data else {}
+    if local_data and local_model:
+        flags["HF_HUB_OFFLINE"] = "1"
+    return flags
+
+
+if __name__ == "__main__":  # before transformers and datasets read them at import
+    for key, value in offline_flags(sys.argv[1:]).items():
+        os.environ.setdefault(key, value)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
+
+from hf_sparse import SparseTrainer, SparsityConfig, sparsity_report  # noqa: E402
+from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -33,6 +33,24 @@ def test_sparsity_flags_map_to_the_config():
         run.sparsity_config_from(run.parse_args(["--output_dir", "x", "--method_args", "{bad"])[3])
 
 
+def test_offline_only_for_the_offline_default(tmp_path, monkeypatch):
+    """A Hub model id or dataset name must not be blocked by offline switches; importing the example
+    changes neither the environment nor sys.path (the package is installed)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    path_before = list(sys.path)
+    run = _load_example()
+    assert "HF_HUB_OFFLINE" not in os.environ and "HF_DATASETS_OFFLINE" not in os.environ
+    assert sys.path == path_before
+    both = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    assert run.offline_flags([]) == both
+    assert run.offline_flags(["--model_name_or_path", "timm:resnet18", "--train_dir", str(tmp_path)]) == both
+    assert run.offline_flags(["--model_name_or_path", str(tmp_path)]) == both  # a local folder
+    assert run.offline_flags(["--model_name_or_path", "microsoft/resnet-18"]) == {"HF_DATASETS_OFFLINE": "1"}
+    assert run.offline_flags(["--dataset_name", "cifar10"]) == {}
+    assert run.offline_flags(["--dataset_name=uoft-cs/cifar10", "--output_dir", "x"]) == {}
+
+
 @pytest.mark.slow
 def test_example_trains_saves_and_serves(tmp_path):
     """transformers ResNet; timm is covered by tests/vision/test_vision_training.py (resnet18 is slow here)."""
