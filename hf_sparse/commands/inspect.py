@@ -18,9 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def format_table(info: dict) -> str:
     layers = info["layers"]
     width = max([len("parameter")] + [len(n) for n in layers])
+    source = {
+        "zeros": "no hf_sparse masks stored: sparsity from the exact zeros of the weights hf_sparse targets",
+        "encoding": "masks implied by the compressed encoding",
+        "masks file": "masks from sparse_masks.safetensors",
+    }.get(info.get("masks_source"), "")
     lines = [
         f"format: {info['format']}" + (f" ({info['subformat']})" if info.get("subformat") else "")
         + f", hf_sparse format version: {info['format_version'] or '-'}",
+        f"masks: {source}",
         "files: " + ", ".join(f"{name} ({size:,} B)" for name, size in info["files"].items()),
         f"{'parameter':<{width}}  {'shape':>14}  {'numel':>10}  {'kept':>10}  {'sparsity':>8}  encoding",
     ]
@@ -29,7 +35,8 @@ def format_table(info: dict) -> str:
         lines.append(
             f"{name:<{width}}  {shape:>14}  {row['numel']:>10,}  {row['kept']:>10,}  {row['sparsity']:>8.2%}  {row['encoding']}"
         )
-    lines.append(f"{'total':<{width}}  {'':>14}  {'':>10}  {'':>10}  {info['sparsity']:>8.2%}")
+    total = "-" if info["sparsity"] is None else f"{info['sparsity']:.2%}"
+    lines.append(f"{'total':<{width}}  {'':>14}  {'':>10}  {'':>10}  {total:>8}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", metavar="PNG", help="also write a figure to this path")
     parser.add_argument(
         "--input-shape", default=None, metavar="BxS|BxCxHxW",
-        help="input shape, e.g. 1x128 (text: batch x tokens) or 1x3x224x224 (images); default 1x128 / 1x3xHxW",
+        help="input shape, e.g. 1x128 (text: batch x tokens) or 1x3x224x224 (images); default 1xL with L = 128 "
+        "or the model's position limit if smaller / 1x3xHxW",
     )
     parser.add_argument("--repeats", type=int, default=10, help="timed forward passes (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
@@ -38,6 +39,20 @@ def parse_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"--input-shape must look like 1x128 or 1x3x224x224 (positive integers), got {text!r}")
     return shape
+
+
+def default_text_length(model, preferred: int = 128) -> Optional[int]:
+    """The longest input up to ``preferred`` tokens the model's position embeddings allow (None: no limit found)."""
+    import torch
+
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            padding = module.padding_idx  # RoBERTa-style positions start after the padding index
+            usable = module.num_embeddings - (padding + 1 if padding is not None else 0)
+            limit = usable if limit is None else min(limit, usable)
+            break
+    return min(preferred, limit) if isinstance(limit, int) and limit > 0 else None
 
 
 def load_model(path: str):
@@ -70,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         shape = parse_shape(args.input_shape)
         model = load_model(args.path)
+        if shape is None and getattr(model, "main_input_name", None) == "input_ids":
+            length = default_text_length(model)
+            shape = (1, length) if length is not None else None
         result = report(
             model,
             input_shape=shape,

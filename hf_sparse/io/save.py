@@ -38,7 +38,7 @@ from .native_format import (
     base_metadata,
     save_masks,
 )
-from .shards import is_checkpoint_file, open_checkpoint, save_sharded
+from .shards import is_checkpoint_file, open_checkpoint, save_sharded, with_checksums
 from .training_state import STATE_FILES
 from ..core.targets import find_targets
 
@@ -90,6 +90,9 @@ def resolve_masks(
         targets = find_targets(model, (config or {}).get("targets"), (config or {}).get("ignore"))
         return {n: m.cpu() for n, m in masks_from_zeros({t.name: t.param for t in targets}).items()}
     check_masks_fit(dict(model.named_parameters()), masks)
+    for name, mask in masks.items():
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"masks[{name!r}] must be a bool tensor (True = kept) or hold only 0 and 1")
     return {name: mask.detach().cpu().to(torch.bool) for name, mask in masks.items()}
 
 
@@ -154,7 +157,7 @@ def header_metadata(staging: str, metadata: Mapping[str, str]) -> Iterator[None]
     def wrap(original: Callable) -> Callable:
         def save_file(tensors, filename, metadata=None):
             if os.path.abspath(os.fspath(filename)).startswith(root):
-                metadata = {**(metadata or {}), **metadata_to_add}
+                metadata = with_checksums(tensors, {**(metadata or {}), **metadata_to_add})
             return original(tensors, filename, metadata=metadata)
 
         return save_file

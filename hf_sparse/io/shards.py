@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Union
 
@@ -27,6 +28,41 @@ _DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+#: header key: JSON {tensor name: crc32 of its dtype, shape and bytes}, written by every hf_sparse save
+KEY_CHECKSUMS = "hf_sparse_crc32"
+
+
+def tensor_checksum(tensor: torch.Tensor) -> int:
+    """crc32 over a tensor's dtype, shape and bytes: catches flipped, retyped, reshaped and swapped data."""
+    crc = zlib.crc32(f"{tensor.dtype}:{list(tensor.shape)}".encode())
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return zlib.crc32(flat.view(torch.uint8).numpy() if flat.numel() else b"", crc)
+
+
+def with_checksums(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` plus the checksums of ``tensors`` (the content of one file)."""
+    sums = {name: tensor_checksum(t) for name, t in sorted(tensors.items())}
+    return {**metadata, KEY_CHECKSUMS: json.dumps(sums, separators=(",", ":"))}
+
+
+def _checksums(path: str, metadata: Mapping[str, str], keys: Iterable[str]) -> Optional[dict[str, int]]:
+    """The checksums a file's header records (None when it records none), checked to cover exactly its tensors."""
+    raw = metadata.get(KEY_CHECKSUMS)
+    if raw is None:
+        return None
+    try:
+        sums = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: header {KEY_CHECKSUMS} is corrupt: {err}") from err
+    if not isinstance(sums, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sums.values()):
+        raise ValueError(f"{path}: header {KEY_CHECKSUMS} must map tensor names to integers")
+    keys = set(keys)
+    if set(sums) != keys:
+        odd = sorted(set(sums) ^ keys)[:3]
+        raise ValueError(f"{path}: tensors {odd} do not match the ones its header records (file corrupt or edited)")
+    return sums
 
 
 def index_name(pattern: str) -> str:
@@ -100,6 +136,12 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     metadata: list[dict[str, str]]  # per file, in ``files`` order
 
+    def __post_init__(self) -> None:
+        self._sums = {
+            path: _checksums(path, metadata, [k for k, i in self.tensors.items() if i.path == path])
+            for path, metadata in zip(self.files, self.metadata)
+        }
+
     @property
     def first(self) -> str:
         return self.files[0]
@@ -118,6 +160,10 @@ class Checkpoint:
                         out[key] = handle.get_tensor(key)
             except (SafetensorError, OSError, RuntimeError) as err:
                 raise ValueError(f"{path} is corrupt or truncated: {err}") from err
+            sums = self._sums.get(path)
+            for key in names if sums is not None else ():
+                if tensor_checksum(out[key]) != sums[key]:
+                    raise ValueError(f"{path}: tensor {key!r} fails its checksum (data, dtype or shape changed): file corrupt")
         return out
 
 
@@ -213,7 +259,8 @@ def save_sharded(
     for filename, keys in split.filename_to_tensors.items():
         path = os.path.join(directory, filename)
         with atomic_path(path) as tmp:
-            save_file({k: tensors[k].contiguous() for k in keys}, tmp, metadata=metadata_for(keys))
+            part = {k: tensors[k].contiguous() for k in keys}
+            save_file(part, tmp, metadata=with_checksums(part, metadata_for(keys)))
         written.append(path)
     if split.is_sharded:
         total = sum(t.numel() * t.element_size() for t in tensors.values())

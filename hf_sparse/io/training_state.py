@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from .files import new_save_id, save_transaction
 from .native_format import KEY_SAVE_ID, MASKS_PATTERN, base_metadata, save_masks
-from .shards import open_checkpoint
+from .shards import open_checkpoint, with_checksums
 
 STATE_FILE = "sparsity_state.safetensors"
 LEGACY_STATE_JSON = "sparsity_state.json"  # hf_sparse <= format 1 wrote the state as two files
@@ -70,7 +70,7 @@ def write_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[s
         "masks_file": MASKS_PATTERN.format(suffix="") if state.get(_MASKS) is not None else None,
     }
     metadata = {"format": "pt", KEY_STATE: json.dumps(document, sort_keys=True), KEY_SAVE_ID: save_id}
-    save_file(tensors, os.path.join(directory, STATE_FILE), metadata=metadata)
+    save_file(tensors, os.path.join(directory, STATE_FILE), metadata=with_checksums(tensors, metadata))
 
 
 def save_sparsity_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any]) -> None:
