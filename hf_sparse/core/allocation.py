@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from .masks import nm_mask, threshold_masks, topk_mask
+from .masks import count_kept, nm_mask, numel, threshold_masks, topk_mask
 from .targets import Target
 
 
@@ -73,7 +73,7 @@ class Allocation:
         if self.kind == "global":
             if scores is None:
                 raise ValueError("global allocation needs scores to compare across tensors")
-            return {name: int(m.sum()) for name, m in threshold_masks(scores, total_keep).items()}
+            return {name: count_kept(m) for name, m in threshold_masks(scores, total_keep).items()}
         if self.kind == "uniform":
             exact = [(1.0 - sparsity) * n for n in numels]
         else:
@@ -98,7 +98,7 @@ class Allocation:
             by_name = {t.name: t for t in self.targets}
             return {name: nm_mask(s, keep, m, by_name[name].in_dim) for name, s in scores.items()}
         if self.kind == "global":
-            total_keep = int(round((1.0 - sparsity) * sum(s.numel() for s in scores.values())))
+            total_keep = int(round((1.0 - sparsity) * sum(numel(s) for s in scores.values())))
             return threshold_masks(scores, total_keep)
         counts = self.keep_counts(sparsity)
         return {name: topk_mask(s, counts[name]) for name, s in scores.items()}

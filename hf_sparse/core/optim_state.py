@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .distributed import local
+
 
 def _inner(optimizer: Any) -> torch.optim.Optimizer:
     """Unwrap accelerate's AcceleratedOptimizer (and similar wrappers)."""
@@ -19,7 +21,11 @@ def _inner(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def zero_state_where(optimizer: Any, params: Mapping[str, torch.nn.Parameter], zero: Mapping[str, torch.Tensor]) -> None:
-    """For each named parameter, set every same-shaped state tensor to 0 where ``zero`` is True."""
+    """For each named parameter, set every same-shaped state tensor to 0 where ``zero`` is True.
+
+    Under FSDP2 parameters and their state are DTensors and ``zero`` holds this rank's rows: the
+    local shards of the state are zeroed.
+    """
     if optimizer is None:
         return
     state = _inner(optimizer).state
@@ -28,5 +34,8 @@ def zero_state_where(optimizer: Any, params: Mapping[str, torch.nn.Parameter], z
         if not param_state:
             continue
         for value in param_state.values():
-            if isinstance(value, torch.Tensor) and value.shape == where.shape:
+            if not isinstance(value, torch.Tensor):
+                continue
+            value = local(value)
+            if value.shape == where.shape:
                 value.masked_fill_(where.to(value.device), 0)

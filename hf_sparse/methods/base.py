@@ -40,6 +40,8 @@ class PruningMethod:
     #: Whether pruned weights can come back (regrowth, dense phases): frozen targets (a LoRA base)
     #: cannot retrain them, and their values would not be recoverable from the masks on resume.
     needs_trainable_targets: ClassVar[bool] = False
+    #: Why the method cannot train under FSDP2 (None: it can); ``SparseTrainer`` refuses with it.
+    fsdp_refusal: ClassVar[Optional[str]] = None
 
     # -- validation at the config boundary ----------------------------------------------------
     @classmethod

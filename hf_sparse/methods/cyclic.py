@@ -18,7 +18,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..core.masks import masked_scores, overall_sparsity
+from ..core.masks import count_kept, masked_scores, numel, overall_sparsity
 from ..registry import register_method
 from .base import Masks, PruningMethod
 from .drop_and_grow import drop_and_grow_mask, drop_fraction_at
@@ -103,8 +103,8 @@ class Cyclic(PruningMethod):
             raise ValueError(f"method {self.name!r} grows by gradient: update_masks needs dense grads")
         if step <= self.cycle_end and self.args.cycles > 0:
             return self._move_to(self.curve(step), weights, masks, grads)
-        total = sum(m.numel() for m in masks.values())
-        if sum(int(m.sum()) for m in masks.values()) != int(round(self.curve.d_min * total)):
+        total = sum(numel(m) for m in masks.values())
+        if sum(count_kept(m) for m in masks.values()) != int(round(self.curve.d_min * total)):
             # the cycle window ended between update steps: settle at d_min first
             return self._move_to(self.curve.d_min, weights, masks, grads)
         return self._drop_and_grow(step, weights, masks, grads)
@@ -115,12 +115,12 @@ class Cyclic(PruningMethod):
         new: Masks = {}
         regrown = 0
         for name, mask in masks.items():
-            n_active = int(mask.sum())
-            k = min(int(round(fraction * n_active)), mask.numel() - n_active)
+            n_active = count_kept(mask)
+            k = min(int(round(fraction * n_active)), numel(mask) - n_active)
             new[name], _, grown = drop_and_grow_mask(
                 mask, weights[name].detach().abs(), grads[name].detach().abs(), k, k
             )
-            regrown += int(grown.sum())
+            regrown += count_kept(grown)
         self._logs = {"regrown": float(regrown)}
         return new
 
@@ -136,7 +136,7 @@ class Cyclic(PruningMethod):
             }
             new = self.allocation.masks(scores, 1.0 - density)
             new = {name: new[name] | masks[name] for name in masks}
-        grown = sum(int((new[n] & ~masks[n]).sum()) for n in masks)
+        grown = sum(count_kept(new[n] & ~masks[n]) for n in masks)
         self._logs = {"cyclic_density": density, "regrown": float(grown)}
         return new
 

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
-from ..core.masks import overall_sparsity, topk_mask
+from ..core.masks import all_kept, count_kept, numel, overall_sparsity, random_scores, topk_mask
+from ..core.reduction import current as current_reduction
 from ..registry import register_method
 from .base import Masks, PruningMethod
 
@@ -77,8 +78,8 @@ def drop_and_grow_mask(
     more than exist is an error. Returns ``(new_mask, dropped, grown)`` (bool, shaped like ``mask``).
     """
     mask = mask.to(torch.bool)
-    n_active = int(mask.sum())
-    n_inactive = mask.numel() - n_active
+    n_active = count_kept(mask)
+    n_inactive = numel(mask) - n_active
     if not 0 <= n_drop <= n_active:
         raise ValueError(f"n_drop={n_drop} outside [0, {n_active}] (active weights)")
     if not 0 <= n_grow <= n_inactive:
@@ -101,7 +102,11 @@ def dst_ee_scores(
     (the bandit's rounds, like ``N``), so the bonus does not depend on ``update_every``.
     """
     magnitude = grad.detach().abs().float()
-    scale = magnitude.mean()
+    # mean over the whole tensor (all ranks' rows when sharded), summed in float64 so row chunks
+    # summed per rank round to the same float32 as one sum
+    reduction = current_reduction()
+    total = reduction.sum_float(float(magnitude.double().sum()))
+    scale = torch.tensor(total / max(reduction.sum_int(magnitude.numel()), 1), dtype=torch.float32)
     bonus = torch.sqrt(math.log(rounds + 1) / (active_counts.to(magnitude.device).float() + eps))
     return magnitude + exploration * scale * bonus
 
@@ -208,8 +213,8 @@ class DropAndGrow(PruningMethod):
         )
         counts = {}
         for name, mask in masks.items():
-            n_active = int(mask.sum())
-            k = min(int(round(fraction * n_active)), mask.numel() - n_active)
+            n_active = count_kept(mask)
+            k = min(int(round(fraction * n_active)), numel(mask) - n_active)
             counts[name] = (k, k)
         return counts
 
@@ -220,7 +225,7 @@ class DropAndGrow(PruningMethod):
         A model that is already sparse (the engine passes its existing masks) keeps them: density
         stays where it is and only the connectivity changes from then on.
         """
-        if not all(bool(m.all()) for m in masks.values()):
+        if not all_kept(masks):
             current = self.kept_sparsity = overall_sparsity(masks)
             logger.info("%s: starting from the model's existing masks (sparsity %.4f)", self.name, current)
             if abs(current - self.config.sparsity) > 1e-3:
@@ -237,7 +242,7 @@ class DropAndGrow(PruningMethod):
             if self.args.init == "magnitude":
                 scores = magnitudes[name]
             else:
-                scores = torch.rand(magnitudes[name].shape, generator=self.generator).to(magnitudes[name].device)
+                scores = random_scores(magnitudes[name], self.generator)
             new[name] = topk_mask(scores, counts[name])
         return new
 
@@ -262,9 +267,9 @@ class DropAndGrow(PruningMethod):
             new[name], dropped, grown = drop_and_grow_mask(
                 mask, self.drop_scores(name, weight, mask), self.grow_scores(name, weight, mask, grad), n_drop, n_grow
             )
-            regrown += int(grown.sum())
-            dropped_sum += float(weight.detach().abs().float()[dropped].sum())
-            dropped_n += int(dropped.sum())
+            regrown += count_kept(grown)
+            dropped_sum += current_reduction().sum_float(float(weight.detach().abs().float()[dropped].sum()))
+            dropped_n += count_kept(dropped)
         self.last_logs = {
             "dst_regrown": float(regrown),
             "dst_dropped_mean_abs_w": dropped_sum / dropped_n if dropped_n else 0.0,
@@ -287,7 +292,7 @@ class SET(DropAndGrow):
     """SET (Mocanu et al. 2018): drop smallest |w|, grow uniformly at random (seeded, same on every rank)."""
 
     def grow_scores(self, name, weight, mask, grad):
-        return torch.rand(mask.shape, generator=self.generator).to(mask.device)
+        return random_scores(mask, self.generator)
 
 
 @register_method("rigl")
@@ -314,9 +319,8 @@ class DSTEE(DropAndGrow):
 
     def __init__(self, config: "SparsityConfig", targets: list) -> None:
         super().__init__(config, targets)
-        self.active_counts: dict[str, torch.Tensor] = {
-            t.name: torch.zeros(t.param.shape, dtype=torch.int32) for t in targets
-        }
+        # Created at the first update, shaped like the masks (this rank's rows under FSDP2).
+        self.active_counts: dict[str, torch.Tensor] = {}
         self.rounds = 0
 
     def update_masks(self, step, weights, masks, grads=None):
@@ -324,13 +328,15 @@ class DSTEE(DropAndGrow):
         # The interval that ends now ran with ``masks``: count it before scoring.
         self.rounds += 1
         for name, mask in masks.items():
-            counts = self.active_counts[name]
+            counts = self.active_counts.get(name)
+            if counts is None:
+                counts = torch.zeros(mask.shape, dtype=torch.int32)
             if counts.device != mask.device:
                 counts = counts.to(mask.device)
             self.active_counts[name] = counts + mask.to(torch.int32)
         new = super().update_masks(step, weights, masks, grads)
-        explored = sum(int(((self.active_counts[n] > 0) | new[n].to(self.active_counts[n].device)).sum()) for n in new)
-        total = sum(m.numel() for m in new.values())
+        explored = sum(count_kept((self.active_counts[n] > 0) | new[n].to(self.active_counts[n].device)) for n in new)
+        total = sum(numel(m) for m in new.values())
         self.last_logs["dst_explored_fraction"] = explored / max(total, 1)
         return new
 
@@ -347,9 +353,8 @@ class DSTEE(DropAndGrow):
         super().load_state_dict(state)
         if "active_counts" in state:
             loaded = {name: torch.as_tensor(c).to(torch.int32) for name, c in state["active_counts"].items()}
-            if set(loaded) != set(self.active_counts):
-                raise ValueError(
-                    f"dst_ee state: counters for {sorted(loaded)} do not match the targets {sorted(self.active_counts)}"
-                )
+            names = {t.name for t in self.targets}
+            if loaded and set(loaded) != names:
+                raise ValueError(f"dst_ee state: counters for {sorted(loaded)} do not match the targets {sorted(names)}")
             self.active_counts = loaded
         self.rounds = int(state.get("rounds", 0))

@@ -45,6 +45,10 @@ class EAST(Cyclic):
     """Cyclic sparsity whose budget counts shared weights once per use; see the module docstring."""
 
     Args = EASTArgs
+    fsdp_refusal = (
+        "east makes ResNet blocks share conv weights (FSDP2 cannot shard one parameter used by several "
+        "FSDP groups) and swaps activations on the model at the end of training; train it with DDP"
+    )
 
     @classmethod
     def prepare_model(cls, model: Any, config: Any) -> list:

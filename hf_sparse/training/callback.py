@@ -22,7 +22,8 @@ class SparsityCallback(TrainerCallback):
         self.step_was_skipped = step_was_skipped or (lambda: False)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self.sparsifier.begin(state.max_steps)
+        # ``model`` is the prepared one: under FSDP2 its parameters are new sharded DTensors.
+        self.sparsifier.begin(state.max_steps, kwargs.get("model"))
 
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.sparsifier.prepare_gradients(state.global_step + 1)
