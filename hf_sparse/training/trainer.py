@@ -19,6 +19,7 @@ from ..io.training_state import has_sparsity_state, load_sparsity_state, write_s
 from ..config import SparsityConfig
 from .diagnostics import UnderTrainingCallback
 from .distill import DistillationConfig, distillation_loss
+from . import fsdp
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
 from .presets import recommend_schedule_scale
 from ..io.files import new_save_id, save_transaction
@@ -66,12 +67,7 @@ class SparseTrainer(Trainer):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        if getattr(self, "is_fsdp_enabled", False):
-            raise ValueError(
-                "SparseTrainer does not support FSDP (TrainingArguments.fsdp / an accelerate FSDP config): "
-                "masks on sharded parameters are not supported. Use DDP instead "
-                "(accelerate launch --num_processes N without an FSDP config)."
-            )
+        self._gathered_sparsity_state: Optional[dict] = None  # whole masks while an FSDP2 save runs
         if self.model is None:
             raise ValueError("SparseTrainer needs a model (model_init is not supported)")
         if _ignores_loss_kwargs(self.model):  # else its gradients are GA times too large
@@ -87,6 +83,8 @@ class SparseTrainer(Trainer):
             for callback in method_class.prepare_model(self.model, self.sparsity_config):
                 self.add_callback(callback)
             self.sparsifier = Sparsifier(self.model, self.sparsity_config)
+        # FSDP2 runs; FSDP1, DeepSpeed ZeRO-3, a sparse LoRA base under FSDP and east are refused.
+        fsdp.refuse_unsupported(self, type(self.sparsifier.method), isinstance(self.sparsifier, PeftSparsifier))
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
         self.undertraining = UnderTrainingCallback()
         self.add_callback(self.undertraining)
@@ -181,6 +179,14 @@ class SparseTrainer(Trainer):
         super().log(logs, start_time)
 
     # -- saving and resuming ---------------------------------------------------------------------
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Under FSDP2: the dense layout (whole weights + masks) on rank 0, for every ``state_dict_type``."""
+        if not fsdp.is_fsdp2(self):
+            return super().save_model(output_dir, _internal_call)
+        fsdp.save_model(self, output_dir if output_dir is not None else self.args.output_dir, _internal_call)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
         """The Trainer's files plus the masks and resume state, as one transaction (hf_sparse.io.files).
 
@@ -201,10 +207,11 @@ class SparseTrainer(Trainer):
                 inspect_folder(staging)
 
         with save_transaction(output_dir, replaced_by_a_save, verify=verify) as staging:
-            masks = {name: mask.detach().cpu() for name, mask in self.sparsifier.masks.items()}
+            state = self._gathered_sparsity_state or self.sparsifier.state_dict()  # whole masks under FSDP2
+            masks = {name: mask.detach().cpu() for name, mask in state["masks"].items()}
             write_dense_checkpoint(staging, lambda header: super(SparseTrainer, self)._save(staging, state_dict), masks,
                                    config, save_id)
-            write_state(staging, self.sparsifier.state_dict(), config or {}, save_id)
+            write_state(staging, state, config or {}, save_id)
 
     # -- model card and Hub (hf_sparse.io.model_card / hf_sparse.io.hub) ------------------------------
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
@@ -262,6 +269,8 @@ class SparseTrainer(Trainer):
         self._load_sparsity_state(self.state.best_model_checkpoint)
 
     def _load_sparsity_state(self, checkpoint: str) -> None:
+        if fsdp.is_fsdp2(self) and fsdp.load_rank_state(self, checkpoint):  # this rank's own masks
+            return
         if not has_sparsity_state(checkpoint):
             raise ValueError(
                 f"{checkpoint} has no hf_sparse state (sparsity_state.safetensors): it was not written by "

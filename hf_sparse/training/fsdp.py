@@ -1,0 +1,103 @@
+"""SparseTrainer under FSDP2: what is refused, how the model is saved, where each rank's masks go.
+
+Masks live as each rank's row chunks (see ``Sparsifier.bind``), so:
+
+- ``save_model()`` gathers the whole weights (accelerate's full state dict, rank 0) and the whole
+  masks (a collective), then writes the same dense layout as an unsharded run, whatever the
+  plugin's ``state_dict_type`` (with ``SHARDED_STATE_DICT`` transformers alone writes nothing);
+- every checkpoint also holds each rank's own masks and method state in
+  ``hf_sparse_shards/rank-R-of-W/`` (no gather: resuming with the same world size reads them back);
+  a checkpoint without them (an unsharded run's, or another world size's with whole masks) is cut.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch.distributed as dist
+
+from ..io.training_state import has_sparsity_state, load_sparsity_state, save_sparsity_state
+
+if TYPE_CHECKING:
+    from .trainer import SparseTrainer
+
+SHARDS_DIR = "hf_sparse_shards"
+
+
+def refuse_unsupported(trainer: Any, method_class: Optional[type], sparse_base: bool) -> None:
+    """Clear errors for the sharded setups hf_sparse cannot keep exact (checked at construction)."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        plugin = trainer.accelerator.state.deepspeed_plugin
+        if getattr(plugin, "zero_stage", None) == 3:
+            raise ValueError(
+                "SparseTrainer does not support DeepSpeed ZeRO-3: its partitioned parameters are flat buffers "
+                "without names or row layout, so masks cannot be kept on them. Use FSDP2 "
+                "(accelerate launch --use_fsdp --fsdp_version 2) or DeepSpeed ZeRO-1/2"
+            )
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return
+    if not getattr(trainer.accelerator, "is_fsdp2", False):
+        raise ValueError(
+            "SparseTrainer supports FSDP2 only: FSDP1 flattens parameters, so masks cannot follow them. "
+            "Set fsdp_config={'version': 2} (or accelerate launch --use_fsdp --fsdp_version 2)"
+        )
+    if sparse_base:
+        raise ValueError(
+            "a sparse LoRA base (base_masks= or a peft model) is not supported under FSDP; use DDP "
+            "(accelerate launch --num_processes N without --use_fsdp)"
+        )
+    reason = getattr(method_class, "fsdp_refusal", None)
+    if reason:
+        raise ValueError(f"method {method_class.name!r} cannot run under FSDP: {reason}")
+
+
+def is_fsdp2(trainer: Any) -> bool:
+    return bool(getattr(trainer, "is_fsdp_enabled", False)) and bool(getattr(trainer.accelerator, "is_fsdp2", False))
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_dir(checkpoint: str, rank: int, world: int) -> str:
+    return os.path.join(checkpoint, SHARDS_DIR, f"rank-{rank:05d}-of-{world:05d}")
+
+
+def save_model(trainer: "SparseTrainer", output_dir: str, internal: bool) -> None:
+    """``Trainer.save_model`` under FSDP2 (every rank calls it; the collectives need them all)."""
+    sparsifier = trainer.sparsifier
+    sparsifier.bind()  # after evaluate() the root group may be unsharded: back to the shards
+    config = trainer.sparsity_config.to_dict() if trainer.sparsity_config is not None else {}
+    if internal:  # a checkpoint: this rank's masks and method state, for resuming
+        rank, world = _world()
+        save_sparsity_state(rank_dir(output_dir, rank, world), sparsifier.state_dict(), config)
+        if "SHARDED_STATE_DICT" in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
+            return  # the Trainer writes the sharded model and optimizer itself (pytorch_model_fsdp_0/)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # whole weights on rank 0 (CPU)
+    trainer._gathered_sparsity_state = sparsifier.full_state_dict()
+    try:
+        trainer._save(output_dir, state_dict=state_dict)
+    finally:
+        trainer._gathered_sparsity_state = None
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # the folder is complete before any rank reads it
+
+
+def load_rank_state(trainer: "SparseTrainer", checkpoint: str) -> bool:
+    """Restore this rank's masks from ``checkpoint``; False when it holds none for this world size."""
+    rank, world = _world()
+    directory = rank_dir(checkpoint, rank, world)
+    if has_sparsity_state(directory):
+        state, _ = load_sparsity_state(directory)
+        trainer.sparsifier.load_state_dict(state)
+        return True
+    shards = os.path.join(checkpoint, SHARDS_DIR)
+    if os.path.isdir(shards) and not has_sparsity_state(checkpoint):
+        raise ValueError(
+            f"{checkpoint} holds hf_sparse masks for {sorted(os.listdir(shards))[:1]} ... but not for rank {rank} of "
+            f"{world}: resume with the world size it was saved with, or from a folder written by save_model()"
+        )
+    return False
