@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .masks import nonzero_mask
+
 #: A weight with a smaller fraction of exact zeros counts as dense (random inits hold a few zeros).
 DENSE_BELOW = 0.01
 #: The N:M patterns ``nm_pattern`` tries, most common first.
@@ -50,7 +52,7 @@ def _fraction_full_24_groups(nonzero: torch.Tensor, in_dim: int) -> float:
 
 def is_24_compatible(weight: torch.Tensor, in_dim: int = 1) -> bool:
     """At most 2 nonzeros in every group of 4 along the input dim (2:4 kernels apply)."""
-    return _fraction_full_24_groups(weight != 0, in_dim) >= 0.0
+    return _fraction_full_24_groups(nonzero_mask(weight), in_dim) >= 0.0
 
 
 def detect_pattern(weight: torch.Tensor, in_dim: int = 1) -> str:
@@ -60,7 +62,7 @@ def detect_pattern(weight: torch.Tensor, in_dim: int = 1) -> str:
     of the groups hold exactly 2 (a 2:4 mask; a 90%-sparse random layer is often 2:4-compatible
     by chance, but it is unstructured sparsity).
     """
-    nonzero = weight != 0
+    nonzero = nonzero_mask(weight)
     if 1.0 - int(nonzero.sum()) / max(nonzero.numel(), 1) < DENSE_BELOW:
         return "dense"
     return "2:4" if _fraction_full_24_groups(nonzero, in_dim) >= 0.9 else "unstructured"
