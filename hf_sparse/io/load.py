@@ -324,6 +324,7 @@ def _from_pretrained(folder: Folder, model_class: Optional[type], kwargs: dict) 
                     f"{list(layout.tensors[name][0])} in the model (config.json)"
                 )
         _check_dtypes(folder, infos, layout)
+    folder.weights.verify()  # transformers does not read our checksums: check the data first
     model, info = cls.from_pretrained(folder.directory, output_loading_info=True, **kwargs)
     if info.get("missing_keys"):
         raise ValueError(

@@ -146,6 +146,16 @@ class Checkpoint:
     def first(self) -> str:
         return self.files[0]
 
+    @property
+    def has_checksums(self) -> bool:
+        return all(sums is not None for sums in self._sums.values())
+
+    def verify(self) -> None:
+        """Check every tensor against its recorded checksum, one tensor in memory at a time."""
+        for key, info in self.tensors.items():
+            if self._sums.get(info.path) is not None:
+                self.load([key])
+
     def load(self, keys: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
         """Tensor data of ``keys`` (default all), each read from the file the header check assigned it."""
         wanted = list(self.tensors) if keys is None else list(keys)
