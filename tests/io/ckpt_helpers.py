@@ -63,3 +63,30 @@ def files_of(path) -> dict[str, bytes]:
 
 def masks_equal(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def golden_model():
+    """A tiny BERT with weights from a fixed formula (no RNG: the same on every torch) and masks that
+    make the native writer use all three encodings: ``2:4`` (query), ``bitmask`` (key), ``index``
+    (the FFN output, 2 kept of 64). Returns (model, masks)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
+                        intermediate_size=16, max_position_embeddings=4, type_vocab_size=1, num_labels=2)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        for i, (name, param) in enumerate(sorted(model.named_parameters())):
+            values = (torch.arange(param.numel(), dtype=torch.float64) * 7 + i * 13) % 23 - 11
+            param.copy_((values / 8).reshape(param.shape))  # multiples of 1/8: exact in fp32
+    layer = "bert.encoder.layer.0."
+    query = torch.tensor([[1, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    key = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    output = torch.zeros(4, 16, dtype=torch.bool)
+    output[1, 3] = output[2, 14] = True
+    masks = {f"{layer}attention.self.query.weight": query, f"{layer}attention.self.key.weight": key,
+             f"{layer}output.dense.weight": output}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].masked_fill_(~mask, 0.0)
+    return model.eval(), masks
