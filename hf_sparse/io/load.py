@@ -139,6 +139,8 @@ def _stored_view(folder: Folder) -> tuple[dict[str, TensorInfo], dict]:
             raise ValueError(f"{folder.weights.first} lacks hf_sparse's encodings header: not an hf_sparse compressed file")
         for name, info in encodings.items():
             shape = info.get("shape") if isinstance(info, dict) else None
+            if not isinstance(info.get("encoding") if isinstance(info, dict) else None, str):
+                raise ValueError(f"{folder.weights.first}: {KEY_ENCODINGS}[{name!r}] has no valid 'encoding' ({info!r})")
             if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
                 raise ValueError(f"{folder.weights.first}: {KEY_ENCODINGS}[{name!r}] has no valid shape ({info!r})")
             parts = {k for k in infos if k.startswith(f"{name}.sparse_")}
@@ -373,6 +375,8 @@ def load_sparse(
     masks = read_masks_file(folder.masks) if folder.masks is not None else implied
     if not masks:
         saved = json_meta(folder.header_metadata, KEY_CONFIG, folder.weights.first) or {}
+        if not isinstance(saved, dict):
+            raise ValueError(f"{folder.weights.first}: header {KEY_CONFIG} must be a JSON object or null")
         targets = find_targets(model, saved.get("targets"), saved.get("ignore"))
         masks = {n: m.cpu() for n, m in masks_from_zeros({t.name: t.param for t in targets}).items()}
         logger.info("%s stores no masks: using weight != 0 over %d target weights", folder.directory, len(masks))

@@ -70,7 +70,7 @@ def json_meta(metadata: Mapping[str, str], key: str, where: str) -> Any:
         return None
     try:
         return json.loads(metadata[key])
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{where}: header metadata {key} is corrupt: {err}") from err
 
 

@@ -181,7 +181,7 @@ def _read_index(path: str, directory: str) -> dict[str, str]:
     try:
         with open(path, encoding="utf-8") as handle:
             weight_map = json.load(handle)["weight_map"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is corrupt (expected a JSON object with a 'weight_map'): {err}") from err
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{path}: 'weight_map' must be a non-empty object of tensor name -> shard file")

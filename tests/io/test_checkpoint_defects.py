@@ -68,7 +68,7 @@ def test_3_missing_targeted_weight_in_dense_layout_is_refused(tmp_path):
 
     def drop(tensors, metadata):
         del tensors[name]
-        metadata.pop("hf_sparse_crc32")
+        metadata.pop("hf_sparse_crc32", None)
 
     rewrite(tmp_path / "model.safetensors", drop)
     with pytest.raises(ValueError, match="lacks tensors the model needs"):
@@ -123,9 +123,9 @@ def test_5_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, comp
     if fail_in == "masks":
         monkeypatch.setattr(native_format, "save_sharded", boom)  # the masks writer
         monkeypatch.setattr(save_module, "save_masks", boom)
-    else:
-        monkeypatch.setattr(save_module, "save_sharded", boom)
-        monkeypatch.setattr(save_module, "_write_dense_weights", boom)
+    else:  # raising=False: the same test runs against older code, whose writer functions differ
+        monkeypatch.setattr(save_module, "save_sharded", boom, raising=False)
+        monkeypatch.setattr(save_module, "_write_dense_weights", boom, raising=False)
     with pytest.raises(OSError, match="disk full"):
         save(new, tmp_path, compressed=compressed, masks=new_masks)
     monkeypatch.undo()
@@ -165,7 +165,7 @@ def test_7_retyped_header_is_refused(tmp_path, compressed):
 
     def retype(header):
         header[name]["dtype"] = "I32"
-        header["__metadata__"].pop("hf_sparse_crc32")  # as a tool that rewrites headers would leave it
+        header["__metadata__"].pop("hf_sparse_crc32", None)  # as a tool that rewrites headers would leave it
 
     edit_header(path, retype)
     with pytest.raises(ValueError, match=f"{name} is stored as torch.int32"):
