@@ -38,6 +38,8 @@ from .native_format import (
     base_metadata,
     save_masks,
 )
+from safetensors.torch import save_file
+
 from .shards import is_checkpoint_file, open_checkpoint, save_sharded, with_checksums
 from .training_state import STATE_FILES
 from ..core.targets import find_targets
@@ -188,10 +190,11 @@ def write_dense_checkpoint(
         write_weights(metadata)
     checkpoint = open_checkpoint(staging, WEIGHTS_PATTERN)
     if checkpoint is not None and any(m.get(KEY_SAVE_ID) != save_id for m in checkpoint.metadata):
-        raise RuntimeError(  # the writer changed how it saves: never leave weights without our header
-            f"{staging}: the weights were written without hf_sparse's header; please report this with your "
-            "transformers version"
-        )
+        # the writer no longer goes through the wrapped function: add the header in a second write
+        logger.warning("the weights were written without hf_sparse's header; rewriting them once to add it")
+        for path, old in zip(checkpoint.files, checkpoint.metadata):
+            tensors = checkpoint.load([k for k, info in checkpoint.tensors.items() if info.path == path])
+            save_file(tensors, path, metadata=with_checksums(tensors, {**old, **metadata}))
     save_masks(staging, masks, metadata)
     if config is not None:
         SparsityConfig.from_dict(config).save_pretrained(staging)
