@@ -71,6 +71,11 @@ def test_target_sparsity_reached(fsdp_results):
     assert abs(fsdp_results["gmp_2of4"]["sparsity"] - 0.5) < 1e-9
 
 
+def test_full_state_dict_checkpoint_holds_whole_masks_and_rank_masks(fsdp_results):
+    files = fsdp_results["full_checkpoint_files"]
+    assert {"model.safetensors", "sparse_masks.safetensors", "sparsity_state.safetensors", "hf_sparse_shards"} <= set(files)
+
+
 def test_resume_from_sharded_checkpoint_is_bitwise_equal(fsdp_results):
     resume = fsdp_results["resume"]
     assert resume["rank_files"] == ["rank-00000-of-00002", "rank-00001-of-00002"]

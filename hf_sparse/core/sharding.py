@@ -4,7 +4,7 @@ Each rank passes its local chunks and a :class:`~hf_sparse.core.reduction.Reduct
 gets the same decision the unsharded engine takes on the whole tensors, bit for bit:
 
 - :func:`kth_largest` finds the exact k-th largest value by radix selection on the float bits:
-  four passes, each an all-reduce of a 256-bin histogram (2 KiB), never the values themselves.
+  three passes, each an all-reduce of a histogram (48 KiB in all), never the values themselves.
 - :func:`tie_allowances` says how many entries equal to the threshold this rank keeps, so that
   ties go to the lowest flat index of the whole tensor (rank order = row order under ``Shard(0)``).
 - :func:`random_rows` draws the full tensor's seeded random scores and keeps this rank's rows,
@@ -21,60 +21,66 @@ import torch
 
 from .reduction import Reduction
 
-_SIGN = 0x80000000
-_ALL = 0xFFFFFFFF
-_BITS = 8  # radix digit width: 4 passes over 32-bit keys, 256-bin histograms
+_INT32_MIN = -(1 << 31)
+#: Radix digits from the top of the 32-bit key: sign, exponent and 3 mantissa bits first (no bin
+#: of a smooth distribution holds more than ~1/8 of the values), then 10 + 10 bits. Histograms of
+#: 4096 / 1024 / 1024 int64 counts: 48 KiB all-reduced per selection.
+_DIGITS = ((20, 12), (10, 10), (0, 10))  # (shift, width)
 
 
 def order_keys(values: torch.Tensor) -> torch.Tensor:
-    """int64 keys in [0, 2**32) ordered like the float values (-0.0 and +0.0 share a key).
+    """int32 keys ordered like the float values, as signed integers (-0.0 and +0.0 share a key).
 
-    float32 bits, sign flipped for positives and all bits flipped for negatives: the usual
-    order-preserving map. bf16/fp16 values are exact in float32, so their order is kept too.
+    The float32 bits with the 31 value bits flipped for negatives: the usual order-preserving map.
+    bf16/fp16 values are exact in float32, so their order is kept too. int32 throughout: the keys
+    of a tensor cost as much memory as the tensor.
     """
     if values.dtype == torch.float64:
         raise ValueError("sharded selection supports float32/bfloat16/float16 scores, got float64")
-    bits = values.detach().float().reshape(-1).view(torch.int32).to(torch.int64) & _ALL
-    bits = torch.where(bits == _SIGN, torch.zeros_like(bits), bits)  # -0.0 == +0.0
-    return torch.where(bits >= _SIGN, _ALL - bits, bits + _SIGN)
+    bits = values.detach().float().reshape(-1).view(torch.int32)
+    bits = bits.masked_fill(bits == _INT32_MIN, 0)  # -0.0 == +0.0
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 def key_value(key: int, dtype: torch.dtype) -> torch.Tensor:
     """The float (as a 0-dim tensor of ``dtype``) whose :func:`order_keys` key is ``key``."""
-    bits = key - _SIGN if key >= _SIGN else _ALL - key
-    signed = bits - (1 << 32) if bits >= _SIGN else bits
-    return torch.tensor([signed], dtype=torch.int32).view(torch.float32)[0].to(dtype)
+    bits = key ^ 0x7FFFFFFF if key < 0 else key
+    return torch.tensor([bits], dtype=torch.int32).view(torch.float32)[0].to(dtype)
+
+
+def _digit(keys: torch.Tensor, shift: int, width: int) -> torch.Tensor:
+    """Digit ``width`` bits wide at ``shift`` of the unsigned key (key + 2**31), as int64 >= 0."""
+    unsigned_top = (keys >> shift).to(torch.int64) + ((1 << 31) >> shift)  # arithmetic shift, then unbias
+    return unsigned_top & ((1 << width) - 1)
 
 
 def kth_largest(flats: Sequence[torch.Tensor], k: int, reduction: Reduction) -> torch.Tensor:
     """The k-th largest value over the local parts of all ranks (1-based), exactly.
 
     Radix selection from the top digit: the all-reduced histogram of the candidates' next digit
-    says which bin holds the k-th value; only candidates in that bin stay (kept as floats, so the
-    memory is the size of one bin, and keys are recomputed per tensor, one at a time).
+    says which bin holds the k-th value; only candidates in that bin stay (copied as floats: after
+    the first digit a small share of the values). Keys are recomputed per tensor, one at a time,
+    so the extra memory is one tensor's keys plus the candidates.
     """
     dtype = flats[0].dtype if flats else torch.float32
     for f in flats[1:]:
         dtype = torch.promote_types(dtype, f.dtype)
     candidates = [f.reshape(-1) for f in flats]
     prefix, remaining = 0, int(k)
-    for shift in range(32 - _BITS, -1, -_BITS):
-        histogram = torch.zeros(1 << _BITS, dtype=torch.int64)
-        digits_of = []
+    for shift, width in _DIGITS:
+        histogram = torch.zeros(1 << width, dtype=torch.int64)
         for values in candidates:
-            digits = ((order_keys(values) >> shift) & ((1 << _BITS) - 1)).cpu()
-            histogram += torch.bincount(digits, minlength=1 << _BITS)
-            digits_of.append(digits)
+            histogram += torch.bincount(_digit(order_keys(values), shift, width).cpu(), minlength=1 << width)
         histogram = reduction.all_reduce_sum(histogram)
         from_top = histogram.flip(0).cumsum(0)
         index = int(torch.searchsorted(from_top, torch.tensor([remaining]))[0])
         if index >= from_top.numel():
             raise ValueError(f"k={k} exceeds the number of values ({int(from_top[-1])})")
-        digit = (1 << _BITS) - 1 - index
+        digit = (1 << width) - 1 - index
         remaining -= int(from_top[index]) - int(histogram[digit])
         prefix |= digit << shift
-        candidates = [values[(digits == digit).to(values.device)] for values, digits in zip(candidates, digits_of)]
-    return key_value(prefix, dtype)
+        candidates = [values[_digit(order_keys(values), shift, width) == digit] for values in candidates]
+    return key_value(prefix - (1 << 31), dtype)
 
 
 def tie_allowances(greater: Sequence[int], ties: Sequence[int], n_keep: int, reduction: Reduction) -> list[int]:

@@ -149,7 +149,7 @@ def test_order_keys_keep_float_order():
 
 
 def test_selection_communicates_counts_not_weights():
-    scores = {"w": torch.randn(64, 64)}
+    scores = {"w": torch.randn(256, 256)}
     hub_sizes: list[int] = []
 
     class Counting(_ThreadReduction):
@@ -163,13 +163,13 @@ def test_selection_communicates_counts_not_weights():
 
     def run(rank):
         with use(Counting(hub, rank)):
-            results[rank] = threshold_masks({"w": _rows(scores["w"], 2, rank)}, 1000)
+            results[rank] = threshold_masks({"w": _rows(scores["w"], 2, rank)}, 10000)
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert torch.equal(torch.cat([results[0]["w"], results[1]["w"]]), threshold_masks(scores, 1000, LOCAL)["w"])
-    assert max(hub_sizes) <= 256 and sum(hub_sizes) < 2048  # histograms and counts, never the 4096 scores
+    assert torch.equal(torch.cat([results[0]["w"], results[1]["w"]]), threshold_masks(scores, 10000, LOCAL)["w"])
+    assert max(hub_sizes) <= 4096 and sum(hub_sizes) < 8192  # histograms and counts, never the 65536 scores
 
 
 def test_nm_mask_along_dim0_refuses_split_groups():

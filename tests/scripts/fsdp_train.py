@@ -3,8 +3,7 @@
 Run by tests/test_fsdp.py as
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 fsdp_train.py OUT_DIR``.
 
-accelerate does not turn FSDP on for CPU ranks; :func:`enable_cpu_fsdp` is the test-only patch of
-shared/facts.md section 9 (what accelerate does for GPUs, applied to MULTI_CPU).
+accelerate does not turn FSDP on for CPU ranks; ``fsdp_cpu.enable_cpu_fsdp`` is the test-only patch.
 
 Per scenario (a tiny BERT, every BertLayer its own FSDP2 group):
 - after every optimizer step, the gathered weights are exactly 0 where the gathered masks prune,
@@ -23,12 +22,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/scripts/ for fsdp_cpu
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from conftest import PairDataset, tiny_bert, training_args  # noqa: E402
+from fsdp_cpu import enable_cpu_fsdp  # noqa: E402
 from hf_sparse import SparseTrainer, SparsityConfig, load_sparse  # noqa: E402
 from hf_sparse.core.distributed import gather_rows, local, shutdown_distributed  # noqa: E402
 from hf_sparse.core.reduction import LOCAL, use  # noqa: E402
@@ -39,32 +40,12 @@ STEPS = 8
 COMMON = dict(start=1, end=6, update_every=1, targets=[r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|intermediate\.dense|output\.dense)$"])
 SCENARIOS = {
     "gmp_uniform": dict(method="gmp", sparsity=0.8, allocation="uniform"),
-    "gmp_global": dict(method="gmp", sparsity=0.8, allocation="global"),
+    "gmp_global": dict(method="gmp", sparsity=0.8, allocation="global"),  # + a FULL_STATE_DICT checkpoint
     "gmp_2of4": dict(method="gmp", sparsity=0.5, pattern="2:4"),
     "rigl_global": dict(method="rigl", sparsity=0.8, allocation="global"),
     "set_erk": dict(method="set", sparsity=0.8, allocation="erk"),
     "dst_ee_uniform": dict(method="dst_ee", sparsity=0.8),
 }
-
-
-def enable_cpu_fsdp() -> None:
-    """Test-only: let accelerate keep an FSDP plugin on CPU ranks (it drops it silently otherwise)."""
-    from accelerate.state import AcceleratorState, DistributedType, PartialState
-
-    original = AcceleratorState.__init__
-    if getattr(original, "_hf_sparse_patched", False):
-        return
-
-    def patched(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        plugin = kwargs.get("fsdp_plugin")
-        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            self.distributed_type = DistributedType.FSDP
-            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-            self.fsdp_plugin = plugin
-
-    patched._hf_sparse_patched = True
-    AcceleratorState.__init__ = patched
 
 
 def fsdp_args(output_dir: str, state_dict_type: str = "FULL_STATE_DICT", **overrides):
@@ -165,8 +146,10 @@ def main(out: str) -> None:
     rank = dist.get_rank()
     results: dict = {"world_size": dist.get_world_size()}
     for name, spec in SCENARIOS.items():
-        trainer, checks = train(name, spec, out)
+        extra = dict(save_strategy="steps", save_steps=STEPS) if name == "gmp_global" else {}
+        trainer, checks = train(name, spec, out, **extra)
         results[name] = summary(trainer, checks)
+    results["full_checkpoint_files"] = sorted(os.listdir(os.path.join(out, "gmp_global", f"checkpoint-{STEPS}")))
 
     # resume (dst_ee: masks, per-weight counters, optimizer state) from sharded checkpoints
     spec = dict(method="dst_ee", sparsity=0.8, allocation="global")
