@@ -112,6 +112,8 @@ class Sparsifier:
         param = self.params[name]
         part = distributed.local(param)
         tensor = torch.as_tensor(tensor)
+        if tensor.is_meta:  # initial all-kept masks of a model loaded on meta (cpu_ram_efficient_loading)
+            return torch.ones(part.shape, dtype=torch.bool, device=part.device)
         if tuple(tensor.shape) == tuple(part.shape):
             return tensor.to(part.device)
         if tuple(tensor.shape) == tuple(param.shape):
