@@ -191,6 +191,17 @@ def test_dst_ee_bonus_picks_never_active_weights():
     assert grown_rigl.any() and grown_rigl[1].sum() == grown_rigl.sum()
 
 
+@pytest.mark.parametrize("cls", [SET, RigL, DSTEE])
+def test_config_seed_changes_the_random_initial_masks(cls):
+    # dst_accuracy showed RigL and DST-EE tied over 3 seeds: the seed must reach the initial mask.
+    model = _model()
+    masks = {seed: _method(cls, model, seed=seed).init_masks(_weights(_method(cls, model)), {}) for seed in (0, 1)}
+    again = _method(cls, model, seed=0).init_masks(_weights(_method(cls, model)), {})
+    assert all(torch.equal(masks[0][n], again[n]) for n in again)
+    assert all(int(masks[0][n].sum()) == int(masks[1][n].sum()) for n in again)  # same counts
+    assert all(not torch.equal(masks[0][n], masks[1][n]) for n in again)  # other positions
+
+
 def test_set_growth_is_seeded_and_resumable():
     def fresh():
         method = _method(SET, seed=7)
