@@ -72,7 +72,11 @@ def load_data(dataset: str = "digits") -> tuple[torch.Tensor, ...]:
 
 
 def sparsity_config(method: str, sparsity: float, seed: int, update_every: int) -> SparsityConfig:
+    """``dst_ee@C`` is DST-EE with exploration coefficient ``c = C`` (the library default is 1)."""
     common = dict(sparsity=sparsity, allocation="erk", targets=["fc1", "fc2", "fc3"], seed=seed)
+    method, _, c = method.partition("@")
+    if c:
+        common["method_args"] = {"exploration": float(c)}
     if method == "gmp":  # prune from dense over the first 60% of training
         return SparsityConfig(method="gmp", start=0.05, end=0.6, update_every=update_every, **common)
     return SparsityConfig(method=method, start=0.0, end=0.75, update_every=update_every, **common)
@@ -159,7 +163,8 @@ def paired(runs: list[dict], sparsities: list[float]) -> list[str]:
     notes = []
     for s in sparsities:
         by = {(r["method"], r["seed"]): r["accuracy"] for r in runs if r["target"] == s}
-        for better, worse in (("dst_ee", "rigl"), ("rigl", "set")):
+        variants = sorted({m for (m, _) in by if m.startswith("dst_ee")})
+        for better, worse in [(v, "rigl") for v in variants] + [("rigl", "set")]:
             seeds = sorted(seed for (m, seed) in by if m == better and (worse, seed) in by)
             if not seeds:
                 continue
@@ -219,7 +224,9 @@ def plot(table: dict, methods: list[str], sparsities: list[float], path: str, da
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["dense", "gmp", "set", "rigl", "dst_ee"])
+    parser.add_argument("--methods", nargs="+", default=["dense", "gmp", "set", "rigl", "dst_ee"],
+                        help="dense, gmp, set, rigl, dst_ee, or dst_ee@C for DST-EE with exploration c = C")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.98])
     parser.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits")
     parser.add_argument("--seeds", type=int, default=5)
@@ -252,9 +259,10 @@ def main() -> None:
     text = render(table, args.methods, args.sparsities)
     notes = ordering(table, args.sparsities) if {"set", "rigl", "dst_ee"} <= set(args.methods) else []
     explored = {
-        s: statistics.mean(r["explored"] for r in runs if r["method"] == "dst_ee" and r["target"] == s)
+        f"{m} {s:.0%}": statistics.mean(r["explored"] for r in runs if r["method"] == m and r["target"] == s)
+        for m in args.methods
         for s in args.sparsities
-        if any(r["method"] == "dst_ee" and r["explored"] is not None and r["target"] == s for r in runs)
+        if any(r["method"] == m and r["explored"] is not None and r["target"] == s for r in runs)
     }
     pairs = paired(runs, args.sparsities)
     distinct = distinct_runs(runs)
@@ -266,11 +274,12 @@ def main() -> None:
     print(text)
     for note in notes + pairs + distinct:
         print(note)
-    for s, frac in explored.items():
-        print(f"DST-EE fraction of weights ever active at {s:.0%}: {frac:.3f}")
+    for cell, frac in explored.items():
+        print(f"fraction of weights ever active, {cell}: {frac:.3f}")
 
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "dst_accuracy" + ("" if args.dataset == "digits" else f"_{args.dataset}"))
+    stem = os.path.join(args.out, "dst_accuracy" + ("" if args.dataset == "digits" else f"_{args.dataset}")
+                        + (f"_{args.tag}" if args.tag else ""))
     plot(table, args.methods, args.sparsities, stem + ".png", args.dataset)
     with open(stem + ".md", "w", encoding="utf-8") as handle:
         handle.write(header + "\n\n" + text + "\n\nOrdering on means:\n\n" + "\n".join(f"- {n}" for n in notes))

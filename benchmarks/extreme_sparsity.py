@@ -60,17 +60,24 @@ def load_digits_split(size: int, seed: int = 0):
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
 
 
-def build_model(seed: int):
+def build_model(seed: int, widths: tuple[int, int] = (8, 16)):
     from transformers import ResNetConfig, ResNetForImageClassification
 
     torch.manual_seed(seed)
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[3, 3], layer_type="basic", num_labels=10)
+    config = ResNetConfig(embedding_size=widths[0], hidden_sizes=list(widths), depths=[3, 3], layer_type="basic",
+                          num_labels=10)
     return ResNetForImageClassification(config)
 
 
-def run(variant: str, sparsity: float, seed: int, data, epochs: int, batch: int, update_every: int) -> dict:
+def encoder_nonzeros(model) -> int:
+    """Nonzero conv weights in the (materialised) encoder: every use of a shared weight counts."""
+    return sum(int((m.weight != 0).sum()) for m in model.resnet.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def run(variant: str, sparsity: float, seed: int, data, epochs: int, batch: int, update_every: int,
+        widths: tuple[int, int] = (8, 16)) -> dict:
     (x_train, y_train), (x_test, y_test) = data
-    model = build_model(seed)
+    model = build_model(seed, widths)
     config = SparsityConfig(sparsity=sparsity, allocation="erk", update_every=update_every, end=0.75, seed=seed,
                             **VARIANTS[variant])
     method_cls = get_method_class(config.method)
@@ -84,6 +91,7 @@ def run(variant: str, sparsity: float, seed: int, data, epochs: int, batch: int,
     sparsifier.begin(total)
     generator = torch.Generator().manual_seed(seed)
     step = 0
+    regrown = 0  # weights grown over the run (0 = the masks never moved)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x_train), generator=generator)
@@ -97,7 +105,9 @@ def run(variant: str, sparsity: float, seed: int, data, epochs: int, batch: int,
             sparsifier.prepare_gradients(step)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            sparsifier.after_optimizer_step(step, optimizer)
+            if sparsifier.after_optimizer_step(step, optimizer):
+                logs = sparsifier.last_update_logs
+                regrown += int(logs.get("dst_regrown", logs.get("regrown", 0)))
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
     remove_dyrelu(model)
@@ -106,7 +116,38 @@ def run(variant: str, sparsity: float, seed: int, data, epochs: int, batch: int,
     with torch.no_grad():
         accuracy = float((model(pixel_values=x_test).logits.argmax(-1) == y_test).float().mean())
     return {"variant": variant, "sparsity": sparsity, "seed": seed, "accuracy": accuracy,
-            "mask_sparsity": sparsifier.sparsity, "nonzero_owned": sum(int(m.sum()) for m in sparsifier.masks.values())}
+            "mask_sparsity": sparsifier.sparsity, "nonzero_owned": sum(int(m.sum()) for m in sparsifier.masks.values()),
+            "nonzero_effective": encoder_nonzeros(model), "regrown": regrown}
+
+
+def paired(rows: list[dict], sparsities: list[float]) -> list[str]:
+    """EAST minus each baseline, per seed (a seed fixes the batch order and the unshared layers' init)."""
+    notes = []
+    for s in sparsities:
+        acc = {(r["variant"], r["seed"]): r["accuracy"] for r in rows if r["sparsity"] == s}
+        for base in ("rigl", "dst_ee"):
+            seeds = sorted(seed for (v, seed) in acc if v == "east" and (base, seed) in acc)
+            if len(seeds) < 2:
+                continue
+            diffs = [acc[("east", seed)] - acc[(base, seed)] for seed in seeds]
+            sd = statistics.stdev(diffs)
+            notes.append(f"{s:.1%}: east - {base} = {statistics.mean(diffs):+.3f} ± {sd:.3f} over {len(diffs)} seeds "
+                         f"(standard error {sd / len(diffs) ** 0.5:.3f}; east wins {sum(d > 0 for d in diffs)}, "
+                         f"loses {sum(d < 0 for d in diffs)})")
+    return notes
+
+
+def budgets(rows: list[dict], sparsities: list[float]) -> list[str]:
+    """Nonzero conv weights: owned (stored, the budget) and effective (every use of a shared weight)."""
+    notes = []
+    for s in sparsities:
+        for variant in VARIANTS:
+            cell = [r for r in rows if r["variant"] == variant and r["sparsity"] == s]
+            if cell:
+                notes.append(f"{s:.1%} {variant}: {statistics.mean(r['nonzero_owned'] for r in cell):.0f} stored, "
+                             f"{statistics.mean(r['nonzero_effective'] for r in cell):.0f} effective nonzero conv weights, "
+                             f"{statistics.mean(r['regrown'] for r in cell):.0f} weights regrown over the run")
+    return notes
 
 
 def summarise(rows: list[dict], sparsities: list[float]) -> tuple[dict, str]:
@@ -158,6 +199,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--image_size", type=int, default=16)
     parser.add_argument("--update_every", type=int, default=6)
+    parser.add_argument("--widths", type=int, nargs=2, default=[8, 16], help="channels of the two stages")
+    parser.add_argument("--tag", default="", help="suffix of the result files (extreme_sparsity_<tag>.*)")
     parser.add_argument("--output_dir", default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -167,17 +210,25 @@ def main() -> None:
     started = time.time()
     jobs = [(v, s, seed) for s in args.sparsities for v in args.variants for seed in range(args.seeds)]
     for variant, sparsity, seed in tqdm(jobs, desc="runs"):
-        rows.append(run(variant, sparsity, seed, data, args.epochs, args.batch, args.update_every))
+        rows.append(run(variant, sparsity, seed, data, args.epochs, args.batch, args.update_every, tuple(args.widths)))
     table, markdown = summarise(rows, args.sparsities)
     elapsed = time.time() - started
     os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "extreme_sparsity.json"), "w", encoding="utf-8") as handle:
+    stem = os.path.join(args.output_dir, "extreme_sparsity" + (f"_{args.tag}" if args.tag else ""))
+    steps = args.epochs * (len(data[0][1]) // args.batch)
+    notes = paired(rows, args.sparsities)
+    with open(stem + ".json", "w", encoding="utf-8") as handle:
         json.dump({"args": vars(args), "elapsed_s": elapsed, "runs": rows}, handle, indent=1)
-    with open(os.path.join(args.output_dir, "extreme_sparsity.md"), "w", encoding="utf-8") as handle:
-        handle.write(f"Test accuracy (mean ± sd over {args.seeds} seeds), {args.epochs} epochs, {elapsed:.0f} s total\n\n")
+    with open(stem + ".md", "w", encoding="utf-8") as handle:
+        handle.write(f"Test accuracy (mean ± sd over {args.seeds} seeds), stage widths {args.widths}, {args.epochs} "
+                     f"epochs ({steps} steps, masks updated every {args.update_every}), {elapsed:.0f} s total\n\n")
         handle.write(markdown + "\n")
-    plot(table, args.sparsities, os.path.join(args.output_dir, "extreme_sparsity.png"))
+        if notes:
+            handle.write("\nPaired per-seed differences (accuracy):\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        handle.write("\nBudgets (mean over seeds):\n\n" + "\n".join(f"- {n}" for n in budgets(rows, args.sparsities)) + "\n")
+    plot(table, args.sparsities, stem + ".png")
     print(markdown)
+    print("\n".join(notes))
     print(f"{len(rows)} runs in {elapsed:.0f} s")
 
 
