@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_sparse import Sparsifier, SparsityConfig
+from hf_sparse.methods.drop_and_grow import drop_and_grow_mask
 
 logger = logging.getLogger(__name__)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -94,6 +95,9 @@ def train_one(method: str, sparsity: float, seed: int, data, args) -> dict:
     if method != "dense":
         sparsifier = Sparsifier(model, sparsity_config(method, sparsity, seed, args.update_every))
         sparsifier.begin(total)
+    overlap = [0, 0]  # DST-EE only: grown weights RigL would not have grown from the same state, of all grown
+    if sparsifier is not None and method.startswith("dst_ee"):
+        watch_exploration(sparsifier.method, overlap)
     generator = torch.Generator().manual_seed(seed)
     step = 0
     explored = None
@@ -122,7 +126,30 @@ def train_one(method: str, sparsity: float, seed: int, data, args) -> dict:
         "mask_digest": digest.hexdigest()[:12] if sparsifier is not None else None,
         "sparsity": sparsifier.sparsity if sparsifier is not None else 0.0,
         "explored": explored,
+        "grown_unlike_rigl": overlap[0] / overlap[1] if overlap[1] else None,
     }
+
+
+def watch_exploration(method, overlap: list[int]) -> None:
+    """Count, at every DST-EE update, the grown weights that RigL (c = 0) would not have grown.
+
+    Same masks, weights and gradients, so the difference is the exploration bonus alone: a small
+    share means DST-EE runs as RigL at this ``c``.
+    """
+    update = method.update_masks
+
+    def counted(step, weights, masks, grads=None):
+        before = {name: m.clone() for name, m in masks.items()}
+        counts = method.layer_counts(step, before)
+        new = update(step, weights, masks, grads)
+        for name, mask in before.items():
+            _, _, rigl_grown = drop_and_grow_mask(mask, weights[name].abs(), grads[name].abs(), *counts[name])
+            grown = new[name] & ~mask
+            overlap[0] += int((grown & ~rigl_grown).sum())
+            overlap[1] += int(grown.sum())
+        return new
+
+    method.update_masks = counted
 
 
 def summarise(runs: list[dict], methods: list[str], sparsities: list[float]) -> dict:
@@ -274,6 +301,12 @@ def main() -> None:
     print(text)
     for note in notes + pairs + distinct:
         print(note)
+    unlike = {
+        f"{m} {s:.0%}": statistics.mean(r["grown_unlike_rigl"] for r in cell)
+        for m in args.methods
+        for s in args.sparsities
+        if (cell := [r for r in runs if r["method"] == m and r["target"] == s and r["grown_unlike_rigl"] is not None])
+    }
     for cell, frac in explored.items():
         print(f"fraction of weights ever active, {cell}: {frac:.3f}")
 
@@ -284,6 +317,10 @@ def main() -> None:
     with open(stem + ".md", "w", encoding="utf-8") as handle:
         handle.write(header + "\n\n" + text + "\n\nOrdering on means:\n\n" + "\n".join(f"- {n}" for n in notes))
         handle.write("\n\nPaired per-seed differences (test-accuracy points):\n\n" + "\n".join(f"- {n}" for n in pairs))
+        if unlike:
+            handle.write("\n\nShare of DST-EE's grown weights that RigL would not have grown from the same state "
+                         "(the exploration bonus at work):\n\n"
+                         + "\n".join(f"- {cell}: {frac:.3f}" for cell, frac in unlike.items()))
         if distinct:
             handle.write("\n\nCells with tied accuracies or repeated masks:\n\n" + "\n".join(f"- {n}" for n in distinct))
         handle.write("\n")
