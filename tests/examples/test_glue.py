@@ -268,19 +268,19 @@ def test_teacher(tiny, tmp_path):
         run.main(tiny_args(tiny, tmp_path, "--teacher_model_name_or_path", tiny["model3"]))
 
 
-def test_sparse_trainer_refuses_fsdp(monkeypatch, bert, tmp_path):
+def test_sparse_trainer_refuses_fsdp1(monkeypatch, bert, tmp_path):
     import transformers
 
     original = transformers.Trainer.__init__
 
     def fsdp_init(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        self.is_fsdp_enabled = True  # what Trainer sets when accelerate has an FSDP plugin
+        self.is_fsdp_enabled = True  # what Trainer sets when accelerate has an FSDP plugin (here not FSDP2)
 
     monkeypatch.setattr(transformers.Trainer, "__init__", fsdp_init)
     from conftest import training_args
 
-    with pytest.raises(ValueError, match="does not support FSDP"):
+    with pytest.raises(ValueError, match="supports FSDP2 only"):
         hf_sparse.SparseTrainer(model=bert, args=training_args(tmp_path), sparsity_config=SparsityConfig())
 
 
