@@ -16,6 +16,8 @@ from typing import Any, Optional, Union
 from .io.files import atomic_write_text
 
 CONFIG_NAME = "sparsity_config.json"
+AUTO = "auto"
+RECIPES = ("auto", "none")
 ALLOCATIONS = ("uniform", "global", "erk")
 INITIAL_MASKS = ("auto", "dense", "zeros", "metadata")
 _NM_RE = re.compile(r"^(\d+):(\d+)$")
@@ -49,7 +51,17 @@ class SparsityConfig:
     )
     initial_sparsity: float = field(default=0.0, metadata={"help": "Sparsity at the start of the schedule."})
     pattern: str = field(default="unstructured", metadata={"help": "'unstructured' or 'N:M' (e.g. '2:4')."})
-    allocation: str = field(default="uniform", metadata={"help": "Per-layer allocation: uniform, global or erk."})
+    recipe: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto': the sparse-aware recipe (hf_sparse.recipe, measured in benchmarks/results/recipe_ablation.md) "
+            "fills every field left at 'auto' (allocation, schedule_scale, lr_rewinding, update_every) and the method's "
+            "own options (gmp: initial_jump); 'none': the plain defaults and exactly your TrainingArguments."
+        },
+    )
+    allocation: str = field(
+        default="auto", metadata={"help": "Per-layer allocation: uniform, global or erk ('auto': the recipe's choice)."}
+    )
     targets: Optional[list[str]] = field(
         default=None,
         metadata={"help": "Regexes over module names to sparsify; default every Linear/Conv weight but embeddings and heads."},
@@ -57,7 +69,11 @@ class SparsityConfig:
     ignore: Optional[list[str]] = field(default=None, metadata={"help": "Regexes over module names to leave dense."})
     start: float = field(default=0.0, metadata={"help": "First pruning step: fraction of training in [0,1] or a step."})
     end: float = field(default=0.75, metadata={"help": "Last mask update: fraction of training in [0,1] or a step."})
-    update_every: int = field(default=100, metadata={"help": "Optimizer steps between mask updates."})
+    update_every: Union[int, str] = field(
+        default="auto",
+        metadata={"help": "Optimizer steps between mask updates ('auto': the recipe spreads a fixed number of updates "
+                  "over the pruning ramp; 100 with recipe='none')."},
+    )
     method_args: Union[dict, str, None] = field(
         default=None, metadata={"help": "Method-specific options as a dict or JSON string; validated by the method."}
     )
@@ -73,18 +89,19 @@ class SparsityConfig:
     sync_masks: bool = field(
         default=True, metadata={"help": "Broadcast masks from rank 0 after each update (a no-op on one process)."}
     )
-    schedule_scale: float = field(
-        default=1.0,
+    schedule_scale: Union[float, str] = field(
+        default="auto",
         metadata={
             "help": "Train k times longer (SparseTrainer scales max_steps/epochs, integer start/end, update_every "
-            "and integer warmup_steps by k). See hf_sparse.recommend_schedule_scale."
+            "and integer warmup_steps by k). 'auto': hf_sparse.recommend_schedule_scale(sparsity) under recipe='auto', "
+            "1 under recipe='none'."
         },
     )
     lr_rewinding: Optional[str] = field(
-        default=None,
+        default="auto",
         metadata={
-            "help": "LR rewinding aligned to mask updates: None (the Trainer's lr_scheduler_type), 'linear' or "
-            "'cosine' decay from the peak LR to lr_floor * peak within each pruning interval."
+            "help": "LR rewinding aligned to mask updates: None or 'none' (the Trainer's lr_scheduler_type), 'linear' or "
+            "'cosine' decay from the peak LR to lr_floor * peak within each pruning interval; 'auto': the recipe's choice."
         },
     )
     lr_floor: float = field(
@@ -93,12 +110,15 @@ class SparsityConfig:
 
     def __post_init__(self) -> None:
         self._normalise_types()
-        from .registry import get_method_class  # local: registry imports methods that import config
+        from .recipe import resolve_recipe  # local: the recipe asks the method class, whose module imports config
+        from .registry import get_method_class
 
         nm = parse_nm(self.pattern)
         if self.sparsity is None:
             self.sparsity = 1.0 - nm[0] / nm[1] if nm else 0.9
         self._check_fraction("sparsity", self.sparsity)
+        #: What the recipe filled in ({field: value}); empty for recipe='none' or a config with no 'auto' left.
+        self.recipe_choices: dict[str, Any] = resolve_recipe(self)
         self._check_fraction("initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.sparsity:
             raise ValueError(
@@ -120,8 +140,8 @@ class SparsityConfig:
             raise ValueError(f"start ({self.start}) must not be after end ({self.end})")
         if self.initial_masks not in INITIAL_MASKS:
             raise ValueError(f"initial_masks must be one of {INITIAL_MASKS}, got {self.initial_masks!r}")
-        if self.update_every < 1:
-            raise ValueError(f"update_every must be >= 1, got {self.update_every}")
+        if self.update_every != AUTO and self.update_every < 1:
+            raise ValueError(f"update_every must be >= 1 or 'auto', got {self.update_every}")
         for name in ("targets", "ignore"):
             for pattern in getattr(self, name) or []:
                 try:
@@ -175,8 +195,12 @@ class SparsityConfig:
                 raise ValueError(f"{name}={value}: a fraction must lie in [0, 1]; a step must be a whole number")
         if isinstance(self.update_every, float) and self.update_every.is_integer():
             self.update_every = int(self.update_every)
-        if not isinstance(self.update_every, int) or isinstance(self.update_every, bool):
-            raise TypeError(f"update_every must be an int, got {self.update_every!r}")
+        if isinstance(self.update_every, str) and self.update_every.strip().isdigit():
+            self.update_every = int(self.update_every)
+        if self.update_every != AUTO and (not isinstance(self.update_every, int) or isinstance(self.update_every, bool)):
+            raise TypeError(f"update_every must be an int or 'auto', got {self.update_every!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
 
     @staticmethod
     def _check_fraction(name: str, value: Any) -> None:
@@ -198,9 +222,16 @@ class SparsityConfig:
             return int(round(value * self.schedule_scale))
         return int(round(value * total_steps))
 
-    @property
-    def scaled_update_every(self) -> int:
-        """``update_every`` stretched by ``schedule_scale`` (as many mask updates, each interval longer)."""
+    def update_interval(self, start: int, end: int) -> int:
+        """Optimizer steps between mask updates for a ramp from step ``start`` to ``end``.
+
+        A number is stretched by ``schedule_scale`` (as many mask updates, each interval longer);
+        ``'auto'`` spreads ``hf_sparse.recipe.RECIPE_UPDATES`` updates over the ramp, whatever its length.
+        """
+        if self.update_every == AUTO:
+            from .recipe import RECIPE_UPDATES
+
+            return max(1, int(round((end - start) / RECIPE_UPDATES)))
         return max(1, int(round(self.update_every * self.schedule_scale)))
 
     @classmethod

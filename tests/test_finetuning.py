@@ -34,7 +34,7 @@ def test_integer_steps_and_update_interval_scale_in_one_place():
     config = SparsityConfig(start=10, end=40, update_every=5, schedule_scale=3)
     assert config.resolve_step(config.start, 300) == 30 and config.resolve_step(config.end, 300) == 120
     assert config.resolve_step(0.5, 300) == 150  # fractions of the (scaled) run stretch by themselves
-    assert config.scaled_update_every == 15
+    assert config.update_interval(30, 120) == 15
     method = Sparsifier(TinyMLP(), config).method
     method.setup(300)
     assert [s for s in range(301) if method.is_update_step(s)] == list(range(30, 121, 15))

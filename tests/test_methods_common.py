@@ -69,12 +69,20 @@ def _cases():
                 yield pytest.param(method, allocation, pattern, id=f"{method}-{allocation}-{pattern}")
 
 
+# Recipes (SparsityConfig.recipe) run through the same invariants; a row is (name, config fields).
+# The method rows above pin recipe="none" so each tests its method's mechanics at exactly 12 steps.
+RECIPE_ROWS: dict[str, dict] = {
+    "gmp-auto": dict(method="gmp", sparsity=0.75, recipe="auto"),
+    "gmp-auto-2:4": dict(method="gmp", pattern="2:4", recipe="auto"),
+}
+
+
 def make_config(method: str, allocation: str = "uniform", pattern: str = "unstructured") -> SparsityConfig:
     row = dict(METHOD_ROWS[method])
     if pattern != "unstructured":
         row["sparsity"] = None
         row.pop("initial_sparsity", None)
-    return SparsityConfig(method=method, allocation=allocation, pattern=pattern, **row)
+    return SparsityConfig(method=method, allocation=allocation, pattern=pattern, recipe="none", **row)
 
 
 def _supported(method: str, pattern: str) -> bool:
@@ -159,6 +167,31 @@ def test_invariants_every_step(tmp_path, method, allocation, pattern):
         for name, mask in masks.items():
             groups = mask.reshape(-1, 4).sum(dim=1)
             assert torch.all(groups == 2), name
+
+
+def test_every_recipe_of_the_config_has_a_row():
+    from hf_sparse.config import RECIPES
+
+    assert {row["recipe"] for row in RECIPE_ROWS.values()} | {"none"} == set(RECIPES), "add the recipe to RECIPE_ROWS"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_ROWS))
+def test_recipe_keeps_the_invariants_and_resumes_exactly(tmp_path, name):
+    config = SparsityConfig(**RECIPE_ROWS[name])
+    assert config.recipe_choices, "the row must exercise what the recipe fills in"
+    full, checker = _train(tmp_path / "full", config, save_strategy="steps", save_steps=4)
+    full.train()
+    assert checker.violations == []
+    assert checker.steps_checked == full.args.max_steps > 12  # the recipe trains longer
+    assert full.sparsifier.update_count >= 2
+    assert abs(full.sparsifier.sparsity - config.sparsity) <= len(full.masks) / sum(m.numel() for m in full.masks.values())
+    resumed, checker = _train(tmp_path / "resumed", SparsityConfig(**RECIPE_ROWS[name]))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert checker.violations == []
+    for param_name, mask in full.masks.items():
+        assert torch.equal(mask, resumed.masks[param_name]), param_name
+    full.save_model(str(tmp_path / "out"))
+    assert SparsityConfig.from_pretrained(str(tmp_path / "out")) == full.sparsity_config
 
 
 @pytest.mark.parametrize("optim", ["sgd", "adamw_torch"])

@@ -19,9 +19,9 @@ bundled sample of Rotten Tomatoes critic snippets (``examples/glue/data``, see i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import numbers
@@ -59,9 +59,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TRAIN_FILE = os.path.join(HERE, "data", "rotten_tomatoes_train.csv")
 DEFAULT_VALIDATION_FILE = os.path.join(HERE, "data", "rotten_tomatoes_validation.csv")
 DEFAULT_MODEL_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# The --sparsity 0 run of the offline default, measured once (how: examples/glue/data/README.md).
+DENSE_REFERENCE_FILE = os.path.join(HERE, "data", "dense_reference.json")
 # The offline default is sized for a 2-core CPU; each value applies only when not given explicitly.
 OFFLINE_DEFAULT_MAX_TRAIN_SAMPLES = 1000
-OFFLINE_DEFAULT_UPDATE_EVERY = 5
 # TrainingArguments defaults of this script (run_glue.py needs --do_train/--do_eval/--output_dir).
 TRAINING_DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/glue",
@@ -96,7 +97,13 @@ class ModelArguments:
         default=False, metadata={"help": "Re-initialise a classification head whose size does not fit the labels."}
     )
     teacher_model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Dense teacher (already fine-tuned on the task) for knowledge distillation."}
+        default=None,
+        metadata={
+            "help": "Dense teacher for knowledge distillation: a folder or Hub id of a model already fine-tuned on the "
+            "task, or 'auto': fine-tune the model densely first with the same data and arguments (saved in "
+            "OUTPUT_DIR/dense_teacher; it is exactly the --sparsity 0 run), then prune a copy of it while distilling "
+            "from it, and print both results. 'none': no teacher."
+        },
     )
 
 
@@ -199,7 +206,7 @@ def sparsity_overrides(sparsity_args: Any) -> dict[str, Any]:
     }
 
 
-def build_sparsity_config(sparse_args: SparseArguments, sparsity_args: Any, offline_default: bool = False) -> SparsityConfig:
+def build_sparsity_config(sparse_args: SparseArguments, sparsity_args: Any) -> SparsityConfig:
     """Preset or JSON file (or the defaults), then explicit sparsity flags on top."""
     overrides = sparsity_overrides(sparsity_args)
     if sparse_args.preset and sparse_args.sparsity_config:
@@ -215,8 +222,6 @@ def build_sparsity_config(sparse_args: SparseArguments, sparsity_args: Any, offl
     if sparse_args.sparsity_config:
         base = SparsityConfig.from_json_file(sparse_args.sparsity_config).to_dict()
         return SparsityConfig.from_dict({**base, **overrides})
-    if offline_default and "update_every" not in overrides:
-        overrides["update_every"] = OFFLINE_DEFAULT_UPDATE_EVERY
     return SparsityConfig(**overrides)
 
 
@@ -320,35 +325,88 @@ def load_model(model_args: ModelArguments, name: str, num_labels: int, task_name
     return model
 
 
-def trainer_distillation_kwargs(model_args: ModelArguments, sparse_args: SparseArguments, num_labels: int) -> dict:
-    """teacher_model/distillation for SparseTrainer, with a clear error where distillation does not exist yet."""
-    if not model_args.teacher_model_name_or_path:
-        if sparse_args.distillation_args:
-            raise ValueError("--distillation_args needs --teacher_model_name_or_path")
-        return {}
-    try:
-        from hf_sparse import DistillationConfig
-    except ImportError as err:
-        raise ValueError(
-            "--teacher_model_name_or_path: this hf_sparse has no distillation (hf_sparse.DistillationConfig); "
-            "train without a teacher"
-        ) from err
-    if "teacher_model" not in inspect.signature(SparseTrainer.__init__).parameters:
-        raise ValueError("--teacher_model_name_or_path: this SparseTrainer does not take teacher_model=")
-    teacher = AutoModelForSequenceClassification.from_pretrained(
-        model_args.teacher_model_name_or_path, cache_dir=model_args.cache_dir, token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    if teacher.config.num_labels != num_labels:
-        raise ValueError(
-            f"teacher {model_args.teacher_model_name_or_path} has {teacher.config.num_labels} outputs, "
-            f"the task needs {num_labels}: use a teacher fine-tuned on this task"
-        )
+def is_auto_teacher(model_args: ModelArguments, sparsity_config: SparsityConfig) -> bool:
+    """``--teacher_model_name_or_path auto``: train the dense teacher in this run (nothing to distil at sparsity 0)."""
+    return (model_args.teacher_model_name_or_path or "").lower() == "auto" and sparsity_config.sparsity > 0
+
+
+def distillation_config(sparse_args: SparseArguments) -> Any:
+    from hf_sparse import DistillationConfig
+
     try:
         options = json.loads(sparse_args.distillation_args) if sparse_args.distillation_args else {}
     except json.JSONDecodeError as err:
         raise ValueError(f"--distillation_args must be a JSON object, e.g. '{{\"temperature\": 2.0}}': {err}") from err
-    return {"teacher_model": teacher, "distillation": DistillationConfig(**options)}
+    if not isinstance(options, dict):
+        raise ValueError(f"--distillation_args must be a JSON object, got {sparse_args.distillation_args!r}")
+    return DistillationConfig(**options)
+
+
+def auto_teacher_kwargs(teacher: Any, sparse_args: SparseArguments) -> dict:
+    return {"teacher_model": teacher, "distillation": distillation_config(sparse_args)}
+
+
+def train_dense_teacher(model: Any, training_args: TrainingArguments, common: dict) -> tuple[Any, dict]:
+    """Fine-tune ``model`` densely with the run's own arguments; save it to OUTPUT_DIR/dense_teacher.
+
+    A plain ``Trainer``: this is the ``--sparsity 0`` run of the script, so its eval metrics are the
+    dense reference the sparse model is compared with. Reuse the folder with
+    ``--teacher_model_name_or_path OUTPUT_DIR/dense_teacher`` to skip this step next time.
+    """
+    from transformers import Trainer
+
+    if not training_args.do_train:
+        raise ValueError("--teacher_model_name_or_path auto trains a dense teacher: it needs --do_train")
+    output_dir = os.path.join(training_args.output_dir, "dense_teacher")
+    args = dataclasses.replace(training_args, output_dir=output_dir, push_to_hub=False, resume_from_checkpoint=None)
+    logger.warning("teacher auto: fine-tuning the dense teacher first (%s)", output_dir)
+    trainer = Trainer(model=model, args=args, **common)
+    trainer.train()
+    trainer.save_model()
+    metrics = trainer.evaluate() if common.get("eval_dataset") is not None else {}
+    if metrics:
+        trainer.log_metrics("dense teacher eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer.model, metrics
+
+
+def trainer_distillation_kwargs(model_args: ModelArguments, sparse_args: SparseArguments, num_labels: int) -> dict:
+    """teacher_model/distillation for SparseTrainer from a teacher folder or Hub id (``auto`` is handled in main)."""
+    name = model_args.teacher_model_name_or_path
+    if not name or name.lower() in ("none", "auto"):  # auto here: sparsity 0, nothing to distil
+        if sparse_args.distillation_args and (not name or name.lower() == "none"):
+            raise ValueError("--distillation_args needs a teacher (--teacher_model_name_or_path PATH or auto)")
+        return {}
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        name, cache_dir=model_args.cache_dir, token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+    )
+    if teacher.config.num_labels != num_labels:
+        raise ValueError(
+            f"teacher {name} has {teacher.config.num_labels} outputs, the task needs {num_labels}: "
+            "use a teacher fine-tuned on this task"
+        )
+    return {"teacher_model": teacher, "distillation": distillation_config(sparse_args)}
+
+
+def dense_comparison(results: dict, offline_default: bool) -> Optional[str]:
+    """The sparse result next to the dense one: measured in this run (teacher auto) or shipped with the data."""
+    key = next((k for k in ("eval_accuracy", "eval_matthews_correlation", "eval_pearson") if k in results), None)
+    if key is None:
+        return None
+    sparse = results[key]
+    if f"dense_{key}" in results:
+        dense, source = results[f"dense_{key}"], "dense teacher trained in this run (= the --sparsity 0 run)"
+    elif offline_default and os.path.isfile(DENSE_REFERENCE_FILE):
+        with open(DENSE_REFERENCE_FILE, encoding="utf-8") as handle:
+            reference = json.load(handle)
+        if key not in reference:
+            return None
+        dense, source = reference[key], f"dense reference shipped in {os.path.relpath(DENSE_REFERENCE_FILE)}"
+    else:
+        return None
+    gap = 100 * (dense - sparse)
+    return (f"{key}: sparse {sparse:.4f} at {results.get('final_sparsity', 0):.1%} sparsity vs dense {dense:.4f} "
+            f"({source}): {abs(gap):.1f} points {'below' if gap > 0 else 'above'} dense")
 
 
 def mask_digest(masks: dict) -> str:
@@ -395,7 +453,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             os.path.dirname(DEFAULT_TRAIN_FILE), data_args.max_train_samples,
         )
     task = get_task(data_args.task_name) if data_args.task_name else None
-    sparsity_config = build_sparsity_config(sparse_args, sparsity_args, offline_default)
+    sparsity_config = build_sparsity_config(sparse_args, sparsity_args)
     logger.info("Sparsity config: %s", sparsity_config.to_json_string())
     set_seed(training_args.seed)
 
@@ -456,12 +514,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         token=model_args.token, trust_remote_code=model_args.trust_remote_code,
     )
     model = load_model(model_args, model_name, num_labels, task.name, regression)
-    label_to_id: Optional[dict] = None
-    if label_list is not None and not isinstance(label_feature, datasets.ClassLabel):
-        label_to_id = {label: i for i, label in enumerate(label_list)}
     if label_list is not None:
         model.config.label2id = {str(label): i for i, label in enumerate(label_list)}
         model.config.id2label = {i: str(label) for i, label in enumerate(label_list)}
+    label_to_id: Optional[dict] = None
+    if label_list is not None and not isinstance(label_feature, datasets.ClassLabel):
+        label_to_id = {label: i for i, label in enumerate(label_list)}
     max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
 
     def preprocess(examples: dict) -> dict:
@@ -505,19 +563,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         default_data_collator if data_args.pad_to_max_length
         else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
     )
-    trainer = SparseTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=next(iter(eval_datasets.values()), None),
-        compute_metrics=make_compute_metrics(task),
-        processing_class=tokenizer,
-        data_collator=collator,
-        sparsity_config=sparsity_config,
-        **trainer_distillation_kwargs(model_args, sparse_args, num_labels),
-    )
-
+    eval_dataset = next(iter(eval_datasets.values()), None)
+    common = dict(train_dataset=train_dataset, eval_dataset=eval_dataset, compute_metrics=make_compute_metrics(task),
+                  processing_class=tokenizer, data_collator=collator)
     results: dict[str, Any] = {}
+    if is_auto_teacher(model_args, sparsity_config):
+        # The dense run of this very script (same seed, data and arguments, --sparsity 0), kept as the teacher;
+        # the student is a copy of it, pruned gradually while it distils (oBERT/GMP*: prune a fine-tuned model).
+        teacher, dense_metrics = train_dense_teacher(model, training_args, common)
+        results.update({f"dense_{k}": v for k, v in dense_metrics.items()})
+        model = copy.deepcopy(teacher)
+        distillation = auto_teacher_kwargs(teacher, sparse_args)
+    else:
+        distillation = trainer_distillation_kwargs(model_args, sparse_args, num_labels)
+    trainer = SparseTrainer(model=model, args=training_args, sparsity_config=sparsity_config, **common, **distillation)
+
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         metrics = dict(train_result.metrics, train_samples=len(train_dataset))
@@ -544,6 +604,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     results["final_sparsity"] = report["sparsity"]
     if trainer.is_world_process_zero():
         print(f"\nPer-layer sparsity ({sparsity_config.method}, target {sparsity_config.sparsity:g}):\n{report}\n")
+        comparison = dense_comparison(results, offline_default and sparsity_config.sparsity > 0)
+        if comparison:
+            print(comparison + "\n")
         os.makedirs(training_args.output_dir, exist_ok=True)
         atomic_write_text(os.path.join(training_args.output_dir, "sparsity_report.json"), json.dumps(report, indent=1))
 

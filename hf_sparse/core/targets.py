@@ -1,7 +1,7 @@
 """Which parameters are sparsified: target/ignore regexes over module names plus safe defaults.
 
 Default: the weight of every Linear / Conv / transformers ``Conv1D`` module, except embeddings,
-the classification head and a ResNet's stem conv (sparsifying those costs accuracy for little gain).
+the pooler, the classification head and a ResNet's stem conv (sparsifying those costs accuracy for little gain).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     r"^conv1$",
     r"(^|\.)embedder\.embedder\.convolution$",
     r"(^|\.)embeddings?(\.|$)",
+    # BERT's pooler feeds the classifier alone: oBERT and GMP* keep it dense (under 1.5% of the encoder in BERT-base or MiniLM)
+    r"(^|\.)pooler(\.|$)",
 )
 
 

@@ -137,6 +137,7 @@ def write_model_card(
     language: Union[str, Sequence[str], None] = None,
     license: Optional[str] = None,
     layout: Optional[str] = None,
+    notes: Optional[Sequence[str]] = None,
 ) -> str:
     """Write ``README.md`` (and the PNG plots) into a saved folder; returns the card's path.
 
@@ -205,6 +206,7 @@ def write_model_card(
             f"| `{n}` | {'x'.join(map(str, r['shape']))} | {r['numel']:,} | {r['kept']:,} | {r['sparsity']:.2%} |" for n, r in layers.items()
         ),
         method=method,
+        notes="\n".join(f"- {line}" for line in notes) if notes else "None.",
         eval_results=results,
         plots="\n\n".join(plots) or "No training logs were available.",
         how_to_load=_how_to_load(layout, name),

@@ -62,6 +62,17 @@ class PruningMethod:
             raise ValueError(f"method {cls.name!r} does not support pattern={config.pattern!r}; use 'unstructured'")
 
     @classmethod
+    def recipe_defaults(cls, config: "SparsityConfig") -> dict[str, Any]:
+        """Values of the sparse-aware recipe (``SparsityConfig(recipe="auto")``) for this method.
+
+        Keys are ``SparsityConfig`` fields a user may leave at ``"auto"`` (allocation, schedule_scale,
+        lr_rewinding, update_every) plus ``method_args`` (merged under the user's own keys). The base
+        returns nothing: a method opts in once its recipe is measured (``hf_sparse.recipe``); until then
+        ``"auto"`` means its plain defaults.
+        """
+        return {}
+
+    @classmethod
     def prepare_model(cls, model: Any, config: "SparsityConfig") -> list:
         """Change the model before targets and optimizer exist (e.g. EAST's DyReLU, weight sharing).
 
@@ -91,7 +102,7 @@ class PruningMethod:
         self.total_steps = total_steps
         start = self.config.resolve_step(self.config.start, total_steps)
         end = max(start, self.config.resolve_step(self.config.end, total_steps))
-        self.updates = UpdateSteps(start, end, self.config.scaled_update_every)
+        self.updates = UpdateSteps(start, end, self.config.update_interval(start, end))
 
     def is_update_step(self, step: int) -> bool:
         return self.updates is not None and step in self.updates

@@ -15,6 +15,9 @@ from .base import Masks, PruningMethod
 
 logger = logging.getLogger(__name__)
 
+#: The recipe's first pruning step (GMP*, oBERT: 70%), measured in benchmarks/results/recipe_ablation.md.
+RECIPE_JUMP = 0.7
+
 if TYPE_CHECKING:
     from ..config import SparsityConfig
 
@@ -113,6 +116,26 @@ class GMP(MagnitudePruning):
                 f"method 'gmp': initial_jump must lie in [initial_sparsity, sparsity] = "
                 f"[{config.initial_sparsity}, {config.sparsity}], got {jump}"
             )
+
+    @classmethod
+    def recipe_defaults(cls, config: "SparsityConfig") -> dict[str, Any]:
+        """GMP's sparse-aware recipe, chosen by measurement (benchmarks/results/recipe_ablation.md).
+
+        One global magnitude threshold (unstructured only), a longer run (``recommend_schedule_scale``),
+        a first pruning step straight to ``RECIPE_JUMP`` (when the target is above it), few mask updates
+        (``update_every="auto"``) each followed by a linear LR rewinding cycle.
+        """
+        from ..recipe import AUTO, recommend_schedule_scale
+
+        recipe: dict[str, Any] = {
+            "allocation": "global" if config.nm is None else "uniform",
+            "schedule_scale": recommend_schedule_scale(config.sparsity),
+            "lr_rewinding": "linear",
+            "update_every": AUTO,
+        }
+        if config.sparsity > RECIPE_JUMP and config.initial_sparsity < RECIPE_JUMP and config.nm is None:
+            recipe["method_args"] = {"initial_jump": RECIPE_JUMP}
+        return recipe
 
     def sparsity_schedule(self) -> PolynomialSparsity:
         assert self.updates is not None, "setup() first"

@@ -21,7 +21,7 @@ from .diagnostics import UnderTrainingCallback
 from .distill import DistillationConfig, distillation_loss
 from . import fsdp
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
-from .presets import recommend_schedule_scale
+from .run_changes import RunChangesCallback, describe_run_changes
 from ..io.files import new_save_id, save_transaction
 from ..io.folder import inspect_folder
 from ..io.save import replaced_by_a_save, write_dense_checkpoint
@@ -88,7 +88,16 @@ class SparseTrainer(Trainer):
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
         self.undertraining = UnderTrainingCallback()
         self.add_callback(self.undertraining)
+        args_before = self.args
         self._scale_schedule()
+        self.run_changes = describe_run_changes(self.sparsity_config, args_before, self.args)
+        if self.run_changes:
+            logger.warning(
+                "hf_sparse changed your run for sparse training (SparsityConfig(recipe='none') keeps exactly your "
+                "TrainingArguments):\n  %s", "\n  ".join(self.run_changes),
+            )
+        recipe = self.sparsity_config.recipe if self.sparsity_config is not None else None
+        self.add_callback(RunChangesCallback(recipe, self.run_changes))
         self._setup_distillation(teacher_model, distillation)
 
     # -- sparse-aware fine-tuning (shared/methods.md section 3) -----------------------------------
@@ -97,8 +106,6 @@ class SparseTrainer(Trainer):
         if self.sparsity_config is None:  # a sparse LoRA base without further pruning
             return
         k = self.sparsity_config.schedule_scale
-        recommended = recommend_schedule_scale(self.sparsity_config.sparsity)
-        logger.info("schedule_scale=%g (recommended %g for sparsity %g)", k, recommended, self.sparsity_config.sparsity)
         if k == 1.0:
             return
         args = copy.copy(self.args)  # never rescale the caller's TrainingArguments in place
@@ -109,7 +116,6 @@ class SparseTrainer(Trainer):
         if args.warmup_steps >= 1:
             args.warmup_steps = int(round(args.warmup_steps * k))
         self.args = args
-        logger.info("schedule_scale=%g: max_steps=%s num_train_epochs=%s", k, args.max_steps, args.num_train_epochs)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """LR rewinding when ``sparsity_config.lr_rewinding`` is set, else the Trainer's own schedule."""
@@ -234,8 +240,9 @@ class SparseTrainer(Trainer):
         name_or_path = getattr(getattr(self.model, "config", None), "_name_or_path", "") or None
         if given.get("base_model") is None and name_or_path and not os.path.isdir(name_or_path):
             given["base_model"] = name_or_path
+        notes = list(self.run_changes) + list(self.undertraining.warnings)
         return dict(masks=self.sparsifier.masks, sparsity_config=self.sparsity_config,
-                    log_history=self.state.log_history, eval_results=evals or None, **given)
+                    log_history=self.state.log_history, eval_results=evals or None, notes=notes, **given)
 
     def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True,
                     token: Optional[str] = None, revision: Optional[str] = None, private: Optional[bool] = None,

@@ -99,10 +99,10 @@ def test_flags_become_sparsity_config(tmp_path):
     assert config.targets == ["query", "key"] and config.start == 20 and isinstance(config.start, int)
     assert training_args.seed == 3 and data_args.task_name == "rte"
     assert training_args.do_train and training_args.per_device_train_batch_size == 32  # script defaults
-    # not given -> SparsityConfig defaults (and the offline default's update_every)
-    assert run.build_sparsity_config(sparse_args, run.SparsityArguments()).to_dict() == SparsityConfig().to_dict()
-    offline = run.build_sparsity_config(sparse_args, run.SparsityArguments(), offline_default=True)
-    assert offline.update_every == run.OFFLINE_DEFAULT_UPDATE_EVERY
+    # not given -> SparsityConfig defaults: the sparse-aware recipe
+    default = run.build_sparsity_config(sparse_args, run.SparsityArguments())
+    assert default.to_dict() == SparsityConfig().to_dict()
+    assert default.recipe == "auto" and default.allocation == "global" and default.update_every == "auto"
 
 
 def test_json_args_file_and_sparsity_config_file(tmp_path):
