@@ -55,8 +55,8 @@ class SparsityConfig:
         default="auto",
         metadata={
             "help": "'auto': the sparse-aware recipe (hf_sparse.recipe, measured in benchmarks/results/recipe_ablation.md) "
-            "fills every field left at 'auto' (allocation, schedule_scale, lr_rewinding, update_every) and the method's "
-            "own options (gmp: initial_jump); 'none': the plain defaults and exactly your TrainingArguments."
+            "fills every field left unset (allocation, schedule_scale, lr_rewinding, update_every) with the method's "
+            "measured recipe (gmp); 'none': the plain defaults and exactly your TrainingArguments."
         },
     )
     allocation: str = field(
@@ -69,10 +69,10 @@ class SparsityConfig:
     ignore: Optional[list[str]] = field(default=None, metadata={"help": "Regexes over module names to leave dense."})
     start: float = field(default=0.0, metadata={"help": "First pruning step: fraction of training in [0,1] or a step."})
     end: float = field(default=0.75, metadata={"help": "Last mask update: fraction of training in [0,1] or a step."})
-    update_every: Union[int, str] = field(
-        default="auto",
-        metadata={"help": "Optimizer steps between mask updates ('auto': the recipe spreads a fixed number of updates "
-                  "over the pruning ramp; 100 with recipe='none')."},
+    update_every: Optional[int] = field(
+        default=None,
+        metadata={"help": "Optimizer steps between mask updates (None or 'auto': the recipe spreads a fixed number of "
+                  "updates over the pruning ramp; 100 with recipe='none')."},
     )
     method_args: Union[dict, str, None] = field(
         default=None, metadata={"help": "Method-specific options as a dict or JSON string; validated by the method."}
@@ -89,12 +89,12 @@ class SparsityConfig:
     sync_masks: bool = field(
         default=True, metadata={"help": "Broadcast masks from rank 0 after each update (a no-op on one process)."}
     )
-    schedule_scale: Union[float, str] = field(
-        default="auto",
+    schedule_scale: Optional[float] = field(
+        default=None,
         metadata={
             "help": "Train k times longer (SparseTrainer scales max_steps/epochs, integer start/end, update_every "
-            "and integer warmup_steps by k). 'auto': hf_sparse.recommend_schedule_scale(sparsity) under recipe='auto', "
-            "1 under recipe='none'."
+            "and integer warmup_steps by k). None or 'auto': hf_sparse.recommend_schedule_scale(sparsity) under "
+            "recipe='auto', 1 under recipe='none'."
         },
     )
     lr_rewinding: Optional[str] = field(
@@ -140,8 +140,8 @@ class SparsityConfig:
             raise ValueError(f"start ({self.start}) must not be after end ({self.end})")
         if self.initial_masks not in INITIAL_MASKS:
             raise ValueError(f"initial_masks must be one of {INITIAL_MASKS}, got {self.initial_masks!r}")
-        if self.update_every != AUTO and self.update_every < 1:
-            raise ValueError(f"update_every must be >= 1 or 'auto', got {self.update_every}")
+        if self.update_every is not None and self.update_every < 1:
+            raise ValueError(f"update_every must be >= 1 or None ('auto'), got {self.update_every}")
         for name in ("targets", "ignore"):
             for pattern in getattr(self, name) or []:
                 try:
@@ -193,12 +193,13 @@ class SparsityConfig:
                 setattr(self, name, int(value))
             elif isinstance(value, float) and value > 1:
                 raise ValueError(f"{name}={value}: a fraction must lie in [0, 1]; a step must be a whole number")
+        for name in ("update_every", "schedule_scale"):  # "auto" (JSON, Python) is the same as None
+            if getattr(self, name) == AUTO:
+                setattr(self, name, None)
         if isinstance(self.update_every, float) and self.update_every.is_integer():
             self.update_every = int(self.update_every)
-        if isinstance(self.update_every, str) and self.update_every.strip().isdigit():
-            self.update_every = int(self.update_every)
-        if self.update_every != AUTO and (not isinstance(self.update_every, int) or isinstance(self.update_every, bool)):
-            raise TypeError(f"update_every must be an int or 'auto', got {self.update_every!r}")
+        if self.update_every is not None and (not isinstance(self.update_every, int) or isinstance(self.update_every, bool)):
+            raise TypeError(f"update_every must be an int or None ('auto'), got {self.update_every!r}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
 
@@ -226,9 +227,9 @@ class SparsityConfig:
         """Optimizer steps between mask updates for a ramp from step ``start`` to ``end``.
 
         A number is stretched by ``schedule_scale`` (as many mask updates, each interval longer);
-        ``'auto'`` spreads ``hf_sparse.recipe.RECIPE_UPDATES`` updates over the ramp, whatever its length.
+        None (``'auto'``) spreads ``hf_sparse.recipe.RECIPE_UPDATES`` updates over the ramp, whatever its length.
         """
-        if self.update_every == AUTO:
+        if self.update_every is None:
             from .recipe import RECIPE_UPDATES
 
             return max(1, int(round((end - start) / RECIPE_UPDATES)))

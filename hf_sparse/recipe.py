@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 AUTO = "auto"
 #: Fields a recipe may fill, with their values under ``recipe="none"`` (the pre-recipe defaults).
 PLAIN_DEFAULTS: dict[str, Any] = {"allocation": "uniform", "schedule_scale": 1.0, "lr_rewinding": None, "update_every": 100}
+#: The value that means "not set by the user" for each field (lr_rewinding=None already means "off").
+UNSET: dict[str, Any] = {"allocation": AUTO, "schedule_scale": None, "lr_rewinding": AUTO, "update_every": None}
 #: Mask updates over the pruning ramp when ``update_every="auto"``: few, so that each LR-rewinding
 #: cycle is long enough to recover (oBERT's 30-epoch recipe prunes 7 times).
 RECIPE_UPDATES = 8
@@ -42,27 +44,22 @@ def recommend_schedule_scale(sparsity: float) -> float:
 def resolve_recipe(config: "SparsityConfig") -> dict[str, Any]:
     """Fill ``config``'s ``"auto"`` fields in place; return what the recipe chose (``{}`` for ``"none"``).
 
-    Explicit values always win; ``method_args`` keys the user gave are kept and the recipe adds only
-    missing ones. ``update_every="auto"`` stays ``"auto"`` under the recipe: it depends on the run's
+    Explicit values always win. ``update_every`` stays None ("auto") under the recipe: it depends on the run's
     length and is resolved by ``SparsityConfig.update_interval`` once the Trainer knows it.
     """
     from .registry import get_method_class
 
     if config.recipe != AUTO or config.sparsity == 0:
         for name, plain in PLAIN_DEFAULTS.items():
-            if getattr(config, name) == AUTO:
+            if getattr(config, name) == UNSET[name]:
                 setattr(config, name, plain)
         return {}
     recipe = get_method_class(config.method).recipe_defaults(config)
     chosen: dict[str, Any] = {}
     for name, plain in PLAIN_DEFAULTS.items():
-        if getattr(config, name) != AUTO:
+        if getattr(config, name) != UNSET[name]:
             continue
         setattr(config, name, recipe.get(name, plain))
         if name in recipe:  # a method without a measured recipe keeps its plain defaults silently
             chosen[name] = recipe[name]
-    extra = {k: v for k, v in recipe.get("method_args", {}).items() if k not in config.method_args}
-    if extra:
-        config.method_args = {**config.method_args, **extra}
-        chosen["method_args"] = extra
     return chosen

@@ -58,7 +58,7 @@ def test_start_end_fraction_or_step():
     assert config.resolve_step(config.start, 1000) == 100
     assert config.resolve_step(config.end, 1000) == 300
     assert config.resolve_step(1.0, 1000) == 1000  # 1.0 is a fraction, 1 a step
-    assert SparsityConfig(start=1, end=1).resolve_step(1, 1000) == 1
+    assert SparsityConfig(start=1, end=1, recipe="none").resolve_step(1, 1000) == 1
 
 
 def test_dict_json_and_folder_round_trips(tmp_path):

@@ -63,7 +63,8 @@ def test_recommended_scale_grows_with_sparsity():
 
 # -- gmp initial jump --------------------------------------------------------------------------------
 def test_initial_jump_then_cubic_to_target():
-    config = SparsityConfig(method="gmp", sparsity=0.9, start=10, end=50, update_every=10, method_args={"initial_jump": 0.7})
+    config = SparsityConfig(method="gmp", sparsity=0.9, start=10, end=50, update_every=10, method_args={"initial_jump": 0.7},
+                            recipe="none")
     method = Sparsifier(TinyMLP(), config).method
     method.setup(100)
     schedule = method.sparsity_schedule()
@@ -231,7 +232,7 @@ def test_teacher_runs_under_the_students_autocast(tmp_path):
     teacher.out.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     trainer = SparseTrainer(
         model=student, args=training_args(tmp_path, max_steps=2, bf16=True), train_dataset=VectorDataset(),
-        sparsity_config=SparsityConfig(sparsity=0.5, start=1, end=1), teacher_model=teacher,
+        sparsity_config=SparsityConfig(sparsity=0.5, start=1, end=1, recipe="none"), teacher_model=teacher,
     )  # fmt: skip
     assert isinstance(trainer.distillation, DistillationConfig)  # defaults when only a teacher is given
     trainer.train()

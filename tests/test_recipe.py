@@ -15,10 +15,10 @@ from conftest import TinyMLP, VectorDataset, training_args
 
 def test_only_the_sparsity_gives_the_gmp_recipe():
     config = SparsityConfig(sparsity=0.9)
-    assert (config.recipe, config.allocation, config.lr_rewinding, config.update_every) == ("auto", "global", "linear", "auto")
+    assert (config.recipe, config.allocation, config.lr_rewinding, config.update_every) == ("auto", "global", "linear", None)
     assert config.schedule_scale == recommend_schedule_scale(0.9)
-    assert config.method_args == {"initial_jump": 0.7}
-    assert set(config.recipe_choices) == {"allocation", "schedule_scale", "lr_rewinding", "update_every", "method_args"}
+    assert config.method_args == {}
+    assert set(config.recipe_choices) == {"allocation", "schedule_scale", "lr_rewinding", "update_every"}
 
 
 def test_recipe_none_is_exactly_the_plain_defaults():
@@ -49,9 +49,8 @@ def test_no_recipe_where_none_was_measured(kwargs):
     assert {k: getattr(config, k) for k in PLAIN_DEFAULTS} == PLAIN_DEFAULTS
 
 
-def test_nm_pattern_keeps_uniform_allocation_and_no_jump():
-    config = SparsityConfig(pattern="2:4")
-    assert config.allocation == "uniform" and "initial_jump" not in config.method_args
+def test_nm_pattern_keeps_uniform_allocation():
+    assert SparsityConfig(pattern="2:4").allocation == "uniform"
 
 
 def test_auto_update_interval_spreads_a_fixed_number_of_updates():
@@ -66,6 +65,7 @@ def test_bad_recipe_name_is_refused():
         SparsityConfig(recipe="fast")
     with pytest.raises(TypeError, match="update_every"):
         SparsityConfig(update_every="often")
+    assert SparsityConfig(update_every="auto", schedule_scale="auto").update_every is None  # JSON's spelling
 
 
 def test_trainer_says_logs_and_records_what_the_recipe_changed(tmp_path, caplog):

@@ -66,7 +66,7 @@ class PruningMethod:
         """Values of the sparse-aware recipe (``SparsityConfig(recipe="auto")``) for this method.
 
         Keys are ``SparsityConfig`` fields a user may leave at ``"auto"`` (allocation, schedule_scale,
-        lr_rewinding, update_every) plus ``method_args`` (merged under the user's own keys). The base
+        lr_rewinding, update_every). The base
         returns nothing: a method opts in once its recipe is measured (``hf_sparse.recipe``); until then
         ``"auto"`` means its plain defaults.
         """

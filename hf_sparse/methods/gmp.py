@@ -15,9 +15,6 @@ from .base import Masks, PruningMethod
 
 logger = logging.getLogger(__name__)
 
-#: The recipe's first pruning step (GMP*, oBERT: 70%), measured in benchmarks/results/recipe_ablation.md.
-RECIPE_JUMP = 0.7
-
 if TYPE_CHECKING:
     from ..config import SparsityConfig
 
@@ -119,23 +116,20 @@ class GMP(MagnitudePruning):
 
     @classmethod
     def recipe_defaults(cls, config: "SparsityConfig") -> dict[str, Any]:
-        """GMP's sparse-aware recipe, chosen by measurement (benchmarks/results/recipe_ablation.md).
+        """GMP's sparse-aware recipe (measured: benchmarks/results/recipe_ablation.md).
 
         One global magnitude threshold (unstructured only), a longer run (``recommend_schedule_scale``),
-        a first pruning step straight to ``RECIPE_JUMP`` (when the target is above it), few mask updates
-        (``update_every="auto"``) each followed by a linear LR rewinding cycle.
+        few mask updates (``update_every=None``) each followed by a linear LR rewinding cycle. No
+        ``initial_jump``: from a fine-tuned model the cubic ramp from 0 loses less at the first update.
         """
-        from ..recipe import AUTO, recommend_schedule_scale
+        from ..recipe import recommend_schedule_scale
 
-        recipe: dict[str, Any] = {
+        return {
             "allocation": "global" if config.nm is None else "uniform",
             "schedule_scale": recommend_schedule_scale(config.sparsity),
             "lr_rewinding": "linear",
-            "update_every": AUTO,
+            "update_every": None,  # RECIPE_UPDATES over the ramp, whatever the run's length
         }
-        if config.sparsity > RECIPE_JUMP and config.initial_sparsity < RECIPE_JUMP and config.nm is None:
-            recipe["method_args"] = {"initial_jump": RECIPE_JUMP}
-        return recipe
 
     def sparsity_schedule(self) -> PolynomialSparsity:
         assert self.updates is not None, "setup() first"
