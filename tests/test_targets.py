@@ -11,12 +11,13 @@ from hf_sparse.core.targets import find_targets
 from conftest import TinyMLP, tiny_bert
 
 
-def test_bert_defaults_skip_embeddings_and_head():
+def test_bert_defaults_skip_embeddings_pooler_and_head():
+    """The encoder's six Linear weights per layer, as oBERT/GMP* prune; the pooler feeds the classifier alone."""
     names = [t.name for t in find_targets(tiny_bert())]
     assert "bert.encoder.layer.0.attention.self.query.weight" in names
-    assert "bert.pooler.dense.weight" in names
-    assert not any("embeddings" in n or n.startswith("classifier") for n in names)
-    assert len(names) == 2 * 6 + 1
+    assert not any("embeddings" in n or "pooler" in n or n.startswith("classifier") for n in names)
+    assert len(names) == 2 * 6
+    assert "bert.pooler.dense.weight" in [t.name for t in find_targets(tiny_bert(), targets=["pooler"])]
 
 
 def test_targets_and_ignore_regexes():
