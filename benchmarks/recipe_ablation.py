@@ -39,9 +39,19 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                            "--method_args", '{"initial_jump": 0.7}', "--schedule_scale", "3", "--update_every", "6",
                            "--model_name_or_path", "{dense-1k}", "--teacher_model_name_or_path", "{dense-1k}"]),
     "dense-3k": ("dense, all 3,000 training rows, 2 epochs", ["--sparsity", "0"]),
-    "recipe-kd-3k": ("the recipe (global, LR rewinding, 8 updates), 2x, from the dense run, distilling from it",
+    "recipe-kd-3k": ("the recipe (global, LR rewinding, 8 updates), 2x, from the dense run, distilling from it "
+                     "(= the GLUE example's default)",
                      ["--sparsity", "0.9", "--schedule_scale", "2", "--model_name_or_path", "{dense-3k}",
                       "--teacher_model_name_or_path", "{dense-3k}"]),
+    "uniform-kd-3k": ("the same with uniform allocation",
+                      ["--sparsity", "0.9", "--schedule_scale", "2", "--allocation", "uniform",
+                       "--model_name_or_path", "{dense-3k}", "--teacher_model_name_or_path", "{dense-3k}"]),
+    "end50-kd-3k": ("the same (global), pruning ramp over the first 50% instead of 75%",
+                    ["--sparsity", "0.9", "--schedule_scale", "2", "--end", "0.5",
+                     "--model_name_or_path", "{dense-3k}", "--teacher_model_name_or_path", "{dense-3k}"]),
+    "recipe-kd-3k-4x": ("the recipe, 4x instead of 2x",
+                        ["--sparsity", "0.9", "--schedule_scale", "4", "--model_name_or_path", "{dense-3k}",
+                         "--teacher_model_name_or_path", "{dense-3k}"]),
 }
 
 

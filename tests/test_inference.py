@@ -124,7 +124,7 @@ def test_outputs_match_dense_and_round_trip_is_bitwise(sparse_bert):
         expected = sparse_bert(**inputs).logits
     n_targets = len(find_targets(sparse_bert))
     to_sparse_inference(sparse_bert, inputs, timer=always("spmm"))
-    assert n_targets == 13  # 2 layers x (q, k, v, attention out, intermediate, output) + pooler
+    assert n_targets == 12  # 2 layers x (q, k, v, attention out, intermediate, output); the pooler stays dense
     assert sum(isinstance(m, SparseLinear) for m in sparse_bert.modules()) == n_targets
     with torch.no_grad():
         got = sparse_bert(**inputs).logits
@@ -290,7 +290,7 @@ def test_minilm_outputs_match_dense():
     g = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(1000, 20000, (2, 32), generator=g), "attention_mask": torch.ones(2, 32, dtype=torch.long)}
     to_sparse_inference(sparse, inputs, timer=always("spmm"))
-    assert sum(isinstance(m, SparseLinear) for m in sparse.modules()) == 37  # 6 x 6 encoder Linears + pooler
+    assert sum(isinstance(m, SparseLinear) for m in sparse.modules()) == 36  # 6 x 6 encoder Linears (the pooler stays dense)
     with torch.no_grad():
         want = dense(**inputs)
         got = sparse(**inputs)

@@ -81,7 +81,8 @@ def test_bad_config_values_raise():
 
 def _trainer(tmp_path, **overrides):
     config = SparsityConfig(
-        method="gmp", sparsity=0.75, start=2, end=8, update_every=2, lr_rewinding="linear", lr_floor=0.1
+        method="gmp", sparsity=0.75, start=2, end=8, update_every=2, lr_rewinding="linear", lr_floor=0.1,
+        recipe="none",  # exactly these steps (the recipe would stretch the run)
     )
     args = training_args(tmp_path, logging_steps=1, save_strategy="steps", save_steps=4, **overrides)
     return SparseTrainer(model=TinyMLP(), args=args, train_dataset=VectorDataset(n=96), sparsity_config=config)

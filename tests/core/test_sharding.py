@@ -212,7 +212,8 @@ CASES = [
 
 def _run_method(name: str, allocation: str, pattern, weights, grads, world=None, rank=None):
     """init_masks then three updates, with weights rounded so ties occur; returns every masks dict."""
-    config = dict(method=name, sparsity=0.75, allocation=allocation, targets=[r"^\d+$"], update_every=1, start=0, end=8)
+    config = dict(method=name, sparsity=0.75, allocation=allocation, targets=[r"^\d+$"], update_every=1, start=0, end=8,
+                  recipe="none")  # the mechanics at exactly these steps
     if pattern:
         config.update(pattern=pattern, sparsity=0.5)
     if name in ("gmp",):

@@ -29,7 +29,7 @@ from hf_sparse.core.distributed import gather_masks_equal, world_size  # noqa: E
 
 DST = dict(sparsity=0.8, allocation="erk", start=2, end=10, update_every=2)
 SCENARIOS = {
-    "gmp": dict(method="gmp", sparsity=0.8, start=2, end=8, update_every=2),
+    "gmp": dict(method="gmp", sparsity=0.8, start=2, end=8, update_every=2, recipe="none"),
     "set": dict(method="set", **DST),
     "rigl": dict(method="rigl", **DST),
     "dst_ee": dict(method="dst_ee", **DST),

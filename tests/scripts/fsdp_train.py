@@ -37,7 +37,7 @@ from hf_sparse.core.targets import find_targets  # noqa: E402
 from hf_sparse.registry import get_method_class  # noqa: E402
 
 STEPS = 8
-COMMON = dict(start=1, end=6, update_every=1, targets=[r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|intermediate\.dense|output\.dense)$"])
+COMMON = dict(recipe="none", start=1, end=6, update_every=1, targets=[r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|intermediate\.dense|output\.dense)$"])
 SCENARIOS = {
     "gmp_uniform": dict(method="gmp", sparsity=0.8, allocation="uniform"),
     "gmp_global": dict(method="gmp", sparsity=0.8, allocation="global"),  # + a FULL_STATE_DICT checkpoint

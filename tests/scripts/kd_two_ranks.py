@@ -27,7 +27,7 @@ def main(out: str) -> None:
                          ddp_find_unused_parameters=False)
     trainer = SparseTrainer(
         model=student, args=args, train_dataset=VectorDataset(n=96),
-        sparsity_config=SparsityConfig(sparsity=0.5, start=2, end=4, update_every=2),
+        sparsity_config=SparsityConfig(sparsity=0.5, start=2, end=4, update_every=2, recipe="none"),
         teacher_model=teacher, distillation=DistillationConfig(temperature=2.0, alpha=0.5),
     )
     trainer.train()

@@ -22,7 +22,7 @@ def _images(n: int = 3) -> list[Image.Image]:
 
 
 def _train_and_check(tmp_path, model, stem: str, classifier: str):
-    config = SparsityConfig(method="gmp", sparsity=0.8, start=0, end=4, update_every=2)
+    config = SparsityConfig(method="gmp", sparsity=0.8, start=0, end=4, update_every=2, recipe="none")  # uniform, 4 steps
     trainer = SparseTrainer(
         model=model,
         args=training_args(tmp_path, max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=2),
