@@ -61,6 +61,19 @@ def test_trainer_flags_a_model_that_does_not_learn(tmp_path, caplog):
     assert "NOT learning" in card and "majority class" in card
 
 
+def test_a_distillation_loss_is_not_judged_against_ln_k(tmp_path):
+    """T^2 * KL can sit anywhere; only the eval accuracy can say "not learning" when a teacher is used."""
+    import copy
+
+    student = tiny_bert()
+    args = training_args(tmp_path, learning_rate=0.0, max_steps=4, logging_steps=1)
+    trainer = SparseTrainer(model=student, args=args, train_dataset=PairDataset(n=32), teacher_model=copy.deepcopy(student),
+                            sparsity_config=SparsityConfig(sparsity=0.5, recipe="none", start=1, end=2, update_every=1))
+    trainer.train()
+    assert trainer.undertraining.chance.at_chance is None
+    assert "chance_at_chance" not in trainer.state.log_history[-1]
+
+
 def test_trainer_does_not_flag_a_model_that_learns(tmp_path, caplog):
     data = PairDataset(n=96)
     args = training_args(tmp_path, learning_rate=3e-3, max_steps=40, logging_steps=2)

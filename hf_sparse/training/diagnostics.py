@@ -168,6 +168,8 @@ class UnderTrainingCallback(TrainerCallback):
         self.verdict: Optional[UnderTrainingVerdict] = None
         self.chance: Optional[ChanceLevelVerdict] = None
         self.warnings: list[str] = []
+        #: False when the training loss is not the task's cross-entropy (distillation): no chance-level test.
+        self.loss_is_cross_entropy = True
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.warnings = []
@@ -189,7 +191,8 @@ class UnderTrainingCallback(TrainerCallback):
         self._note(message)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.chance = chance_level_verdict(state.log_history, classifier_labels(model), self.tail_fraction)
+        num_labels = classifier_labels(model) if self.loss_is_cross_entropy else None
+        self.chance = chance_level_verdict(state.log_history, num_labels, self.tail_fraction)
         self.verdict = undertraining_verdict(state.log_history, self.tail_fraction)
         entry = {"step": state.global_step, **self.verdict.to_logs()}
         if self.chance.at_chance is not None:

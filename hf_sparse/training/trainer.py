@@ -142,6 +142,8 @@ class SparseTrainer(Trainer):
             raise ValueError("distillation=DistillationConfig(...) needs teacher_model=<the dense model>")
         self.distillation = config if config is not None or teacher is None else DistillationConfig()
         self.teacher_model = teacher
+        # A distillation loss (T^2 * KL) is not a cross-entropy: ln(num_labels) says nothing about it.
+        self.undertraining.loss_is_cross_entropy = teacher is None
         if teacher is None:
             return
         teacher.to(self.args.device).eval().requires_grad_(False)
