@@ -75,15 +75,21 @@ def read_masks_checkpoint(directory: str) -> tuple[Optional[Masks], Optional[str
     return read_masks_file(checkpoint), header.get(KEY_SAVE_ID)
 
 
-def _implied_masks(folder: Folder) -> Masks:
-    """Masks the weights' encoding implies (native: exact; compressed-tensors: stored bitmasks), checked first."""
+def _decode_checked(folder: Folder) -> tuple:
+    """(state, implied masks, encodings) of the folder's weights, decoded after checking the stored
+    tensors against the model (when one is known)."""
     layout = expected_layout(folder)
     infos, encodings = stored_view(folder)
     if layout is not None:
         check_against_model(folder, infos, layout, aliases(folder), cast_floats=True)
     else:
         layout = ModelLayout({k: (i.shape, i.dtype) for k, i in infos.items() if isinstance(i.dtype, torch.dtype)}, {})
-    return decode_weights(folder, layout, encodings)[1]
+    return (*decode_weights(folder, layout, encodings), encodings)
+
+
+def _implied_masks(folder: Folder) -> Masks:
+    """Masks the weights' encoding implies (native: exact; compressed-tensors: stored bitmasks), checked first."""
+    return _decode_checked(folder)[1]
 
 
 def read_folder_masks(directory: PathLike) -> Optional[Masks]:
@@ -211,13 +217,7 @@ def describe(directory: PathLike) -> dict[str, Any]:
     weights hf_sparse would target, and says so (``masks_source``).
     """
     folder = inspect_folder(os.fspath(directory))
-    layout = expected_layout(folder)
-    infos, encodings = stored_view(folder)
-    if layout is not None:
-        check_against_model(folder, infos, layout, aliases(folder), cast_floats=True)
-    else:
-        layout = ModelLayout({k: (i.shape, i.dtype) for k, i in infos.items() if isinstance(i.dtype, torch.dtype)}, {})
-    state, implied = decode_weights(folder, layout, encodings)
+    state, implied, encodings = _decode_checked(folder)
     if folder.masks is not None:
         masks, source = read_masks_file(folder.masks), "masks file"
     elif implied:
