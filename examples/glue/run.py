@@ -350,7 +350,8 @@ def distillation_config(sparse_args: SparseArguments) -> Any:
     return DistillationConfig(**options)
 
 
-def auto_teacher_kwargs(teacher: Any, sparse_args: SparseArguments) -> dict:
+def teacher_kwargs(teacher: Any, sparse_args: SparseArguments) -> dict:
+    """``teacher_model``/``distillation`` for SparseTrainer."""
     return {"teacher_model": teacher, "distillation": distillation_config(sparse_args)}
 
 
@@ -393,7 +394,7 @@ def trainer_distillation_kwargs(model_args: ModelArguments, sparse_args: SparseA
             f"teacher {name} has {teacher.config.num_labels} outputs, the task needs {num_labels}: "
             "use a teacher fine-tuned on this task"
         )
-    return {"teacher_model": teacher, "distillation": distillation_config(sparse_args)}
+    return teacher_kwargs(teacher, sparse_args)
 
 
 def dense_comparison(results: dict, offline_default: bool) -> Optional[str]:
@@ -581,7 +582,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         teacher, dense_metrics = train_dense_teacher(model, training_args, common)
         results.update({f"dense_{k}": v for k, v in dense_metrics.items()})
         model = copy.deepcopy(teacher)
-        distillation = auto_teacher_kwargs(teacher, sparse_args)
+        distillation = teacher_kwargs(teacher, sparse_args)
     else:
         distillation = trainer_distillation_kwargs(model_args, sparse_args, num_labels)
     trainer = SparseTrainer(model=model, args=training_args, sparsity_config=sparsity_config, **common, **distillation)
