@@ -18,7 +18,7 @@ from hf_sparse import (
     recommend_schedule_scale,
 )
 from hf_sparse.training.diagnostics import undertraining_verdict
-from hf_sparse.training.distill import distillation_loss, kd_loss
+from hf_sparse.training.distill import distillation_loss, hidden_states_loss, kd_loss
 
 from conftest import TinyMLP, VectorDataset, training_args
 
@@ -160,6 +160,49 @@ def test_trainer_distills_from_a_frozen_eval_teacher(tmp_path):
     assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(expected.item(), rel=1e-5)
     student.eval()  # evaluation reports the task loss, not the distillation loss
     assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(task.item(), rel=1e-5)
+
+
+def test_hidden_states_loss_averages_real_tokens_then_layers():
+    student = (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))
+    teacher = (torch.ones(1, 2, 4), torch.tensor([[[2.0] * 4, [9.0] * 4]]))  # the 9s sit on a padding token
+    mask = torch.tensor([[1, 0]])
+    assert hidden_states_loss(student, teacher, mask).item() == pytest.approx((1.0 + 4.0) / 2)
+    assert hidden_states_loss(student, teacher).item() == pytest.approx((1.0 + (4.0 + 81.0) / 2) / 2)
+    with pytest.raises(ValueError, match="teacher's shape"):
+        hidden_states_loss(student[:1], teacher)
+    with pytest.raises(ValueError, match="hidden_states_weight"):
+        DistillationConfig(hidden_states_weight=-1)
+    with pytest.raises(ValueError, match="cache_teacher_logits"):
+        DistillationConfig(hidden_states_weight=1.0, cache_teacher_logits=True)
+
+
+def test_trainer_adds_the_layerwise_term(tmp_path):
+    from conftest import PairDataset, tiny_bert
+
+    student = tiny_bert(0)
+    for module in student.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # deterministic forward passes, to recompute the loss by hand
+    teacher = copy.deepcopy(student)
+    config = DistillationConfig(temperature=2.0, hidden_states_weight=0.5)
+    trainer = SparseTrainer(
+        model=student, args=training_args(tmp_path, max_steps=4, logging_steps=1), train_dataset=PairDataset(n=32),
+        sparsity_config=SparsityConfig(sparsity=0.5, start=1, end=1, recipe="none"), teacher_model=teacher,
+        distillation=config,
+    )  # fmt: skip
+    batch = {k: v for k, v in PairDataset(n=8)[slice(0, 8)].items()}
+    student.train()
+    assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(0.0, abs=1e-6)  # its own copy
+    trainer.train()
+    student.train()
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        mine = student(**inputs, output_hidden_states=True)
+        theirs = teacher(**inputs, output_hidden_states=True)
+        kd = kd_loss(mine.logits, theirs.logits, 2.0)
+        layers = hidden_states_loss(mine.hidden_states, theirs.hidden_states, batch["attention_mask"])
+    assert layers.item() > 0  # pruning moved the student's hidden states away from the teacher's
+    assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx((kd + 0.5 * layers).item(), rel=1e-5)
 
 
 def test_distillation_needs_a_teacher():

@@ -9,6 +9,7 @@ The T**2 factor keeps the soft-target gradients on the scale of the task loss wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,16 @@ class DistillationConfig:
         default=1.0, metadata={"help": "Weight of the distillation term in [0, 1]; 1 - alpha weighs the task loss."}
     )
     logits_key: str = field(default="logits", metadata={"help": "Key of the logits in both models' outputs."})
+    hidden_states_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight (>= 0) of a layer-wise term: mean squared error between the student's and the "
+                          "teacher's hidden states, for a student of the teacher's shape (a pruned copy). 0: logits only."},
+    )
+    cache_teacher_logits: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Compute the teacher's logits once before training instead of at every step (saves its "
+                          "forward pass). None: when the collator only pads (hf_sparse.training.teacher_cache)."},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
@@ -31,6 +42,16 @@ class DistillationConfig:
             raise ValueError(f"DistillationConfig.alpha must be a number in [0, 1], got {self.alpha!r}")
         if not isinstance(self.logits_key, str) or not self.logits_key:
             raise ValueError(f"DistillationConfig.logits_key must be a non-empty string, got {self.logits_key!r}")
+        weight = self.hidden_states_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"DistillationConfig.hidden_states_weight must be a number >= 0, got {weight!r}")
+        if weight > 0 and self.cache_teacher_logits:
+            raise ValueError("DistillationConfig: hidden_states_weight > 0 needs the teacher at every step; "
+                             "it cannot be combined with cache_teacher_logits=True")
+        if self.cache_teacher_logits not in (None, True, False):
+            raise ValueError(
+                f"DistillationConfig.cache_teacher_logits must be None, True or False, got {self.cache_teacher_logits!r}"
+            )
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
@@ -47,6 +68,29 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     student = F.log_softmax(student_logits.float().reshape(-1, classes) / temperature, dim=-1)
     teacher = F.log_softmax(teacher_logits.float().reshape(-1, classes) / temperature, dim=-1)
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def hidden_states_loss(
+    student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], attention_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Mean squared error between matching hidden states, averaged over features, real tokens and layers.
+
+    A pruned copy of its teacher can follow it layer by layer (TinyBERT, CoFi): many more targets per
+    example than one logit vector, which is what a small training set lacks.
+    """
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"student has {len(student)} hidden states, teacher {len(teacher)}: "
+                         "hidden_states_weight needs a student of the teacher's shape")
+    total = torch.zeros((), device=student[0].device)
+    for s, t in zip(student, teacher):
+        if s.shape != t.shape:
+            raise ValueError(f"hidden states of shape {tuple(s.shape)} (student) and {tuple(t.shape)} (teacher)")
+        error = (s.float() - t.to(s.device).float()).pow(2).mean(-1)
+        if attention_mask is not None and attention_mask.shape == error.shape:
+            weights = attention_mask.to(error.dtype)
+            error = (error * weights).sum() / weights.sum().clamp_min(1)
+        total = total + error.mean()
+    return total / len(student)
 
 
 def distillation_loss(

@@ -18,7 +18,8 @@ from .callback import SparsityCallback
 from ..io.training_state import has_sparsity_state, load_sparsity_state, write_state
 from ..config import SparsityConfig
 from .diagnostics import UnderTrainingCallback
-from .distill import DistillationConfig, distillation_loss
+from .distill import DistillationConfig, distillation_loss, hidden_states_loss
+from .teacher_cache import TEACHER_LOGITS, cache_refusal, teacher_logits, with_teacher_logits
 from . import fsdp
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
 from .run_changes import RunChangesCallback, describe_run_changes
@@ -153,15 +154,68 @@ class SparseTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """With a teacher, training loss = distillation loss; evaluation keeps the task loss."""
+        cached = inputs.pop(TEACHER_LOGITS, None)  # never a model input (teacher_cache.py)
         if self.teacher_model is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        layerwise = self.distillation.hidden_states_weight > 0
+        if layerwise:
+            inputs = {**inputs, "output_hidden_states": True}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
-        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_outputs = self.teacher_model(**teacher_inputs)
         key = self.distillation.logits_key
-        loss = distillation_loss(loss, outputs[key], teacher_outputs[key], self.distillation)
+        teacher_outputs = None
+        if cached is None:
+            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            with torch.no_grad(), self.accelerator.autocast():
+                teacher_outputs = self.teacher_model(**teacher_inputs)
+            cached = teacher_outputs[key]
+        loss = distillation_loss(loss, outputs[key], cached, self.distillation)
+        if layerwise:
+            loss = loss + self.distillation.hidden_states_weight * hidden_states_loss(
+                outputs["hidden_states"], teacher_outputs["hidden_states"], inputs.get("attention_mask")
+            )
         return (loss, outputs) if return_outputs else loss
+
+    def get_train_dataloader(self):
+        """The Trainer's loader, over a training set that carries the teacher's logits when they can be cached."""
+        self._cache_teacher_logits()
+        return super().get_train_dataloader()
+
+    def _cache_teacher_logits(self) -> None:
+        """One teacher pass over the training set before training, instead of one per step (teacher_cache.py)."""
+        if self.teacher_model is None or self.train_dataset is None:
+            return
+        wanted = self.distillation.cache_teacher_logits
+        if self.distillation.hidden_states_weight > 0:  # the hidden states need the teacher at every step
+            return
+        reason = cache_refusal(self.train_dataset, self.data_collator, wanted)
+        if reason is None and TEACHER_LOGITS in self.train_dataset.column_names:
+            return  # cached by an earlier train() of this trainer
+        if reason is not None:
+            if wanted:
+                raise ValueError(f"DistillationConfig(cache_teacher_logits=True) cannot be honoured: {reason}")
+            logger.info("teacher logits computed at every step: %s", reason)
+            return
+        model_inputs = self._remove_unused_columns(self.train_dataset, description="teacher logits")
+        logits = teacher_logits(
+            self.teacher_model, model_inputs, self.data_collator, self.args.per_device_eval_batch_size,
+            self.args.device, self.distillation.logits_key, self.accelerator.autocast,
+            show_progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+        )
+        if logits is None:
+            if wanted:
+                raise ValueError("DistillationConfig(cache_teacher_logits=True): the teacher's logits are not one "
+                                 "vector per example (per-token logits?); they are computed at every step instead "
+                                 "with cache_teacher_logits=None or False")
+            logger.info("teacher logits computed at every step: they are not one vector per example")
+            return
+        self.train_dataset = with_teacher_logits(self.train_dataset, logits)
+        logger.info("teacher logits cached for %d training examples", len(logits))
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """The cached teacher logits are a column the Trainer must keep, though no model input."""
+        super()._set_signature_columns_if_needed()
+        if self.teacher_model is not None and TEACHER_LOGITS not in self._signature_columns:
+            self._signature_columns.append(TEACHER_LOGITS)
 
     @property
     def masks(self) -> dict:
