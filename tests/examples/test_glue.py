@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hf_sparse
-from hf_sparse import SparsityConfig
+from hf_sparse import SparsityConfig, recommend_schedule_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GLUE_DIR = os.path.join(ROOT, "examples", "glue")
@@ -103,6 +103,17 @@ def test_flags_become_sparsity_config(tmp_path):
     default = run.build_sparsity_config(sparse_args, run.SparsityArguments())
     assert default.to_dict() == SparsityConfig().to_dict()
     assert default.recipe == "auto" and default.allocation == "global" and default.update_every is None
+
+
+def test_the_dense_run_keeps_the_scripts_epochs(tmp_path):
+    """--sparsity 0 is the dense run the teacher auto trains: no recipe, no longer schedule (a bug once doubled it)."""
+    def scale(*flags):
+        _, _, _, sparse_args, sparsity_args = run.parse_args(["--output_dir", str(tmp_path), *flags])
+        return run.build_sparsity_config(sparse_args, sparsity_args).schedule_scale
+
+    assert scale("--sparsity", "0") == 1.0 and scale("--sparsity", "0.0") == 1.0
+    assert scale() == recommend_schedule_scale(0.9) == scale("--sparsity", "0.9") == 3.0
+    assert scale("--sparsity", "0.9", "--schedule_scale", "2") == 2.0
 
 
 def test_json_args_file_and_sparsity_config_file(tmp_path):
