@@ -203,6 +203,8 @@ def test_trainer_adds_the_layerwise_term(tmp_path):
         layers = hidden_states_loss(mine.hidden_states, theirs.hidden_states, batch["attention_mask"])
     assert layers.item() > 0  # pruning moved the student's hidden states away from the teacher's
     assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx((kd + 0.5 * layers).item(), rel=1e-5)
+    stale = dict(batch, teacher_logits=torch.zeros(8, 2))  # a cached column left in the data: the teacher still runs
+    assert trainer.compute_loss(student, stale).item() == pytest.approx((kd + 0.5 * layers).item(), rel=1e-5)
 
 
 def test_distillation_needs_a_teacher():

@@ -81,10 +81,50 @@ def teacher_logits(
     return torch.cat(rows) if rows else None
 
 
-def with_teacher_logits(dataset: Any, logits: torch.Tensor) -> Any:
+def add_logits_column(dataset: Any, logits: torch.Tensor) -> Any:
     """``dataset`` plus the ``teacher_logits`` column (any previous one replaced)."""
     if len(logits) != len(dataset):
         raise ValueError(f"{len(logits)} teacher logit rows for a training set of {len(dataset)} rows")
     if TEACHER_LOGITS in dataset.column_names:
         dataset = dataset.remove_columns(TEACHER_LOGITS)
     return dataset.add_column(TEACHER_LOGITS, logits.tolist())
+
+
+def with_teacher_logits(
+    dataset: Any,
+    teacher: torch.nn.Module,
+    collator: Callable,
+    config: Any,
+    model_inputs: Callable[[Any], Any],
+    batch_size: int,
+    device: torch.device,
+    autocast: Optional[Callable[[], Any]] = None,
+    show_progress: bool = True,
+) -> Any:
+    """``dataset`` with the teacher's logits as a column, or unchanged where they cannot be cached.
+
+    ``config`` is the run's ``DistillationConfig``; ``model_inputs(dataset)`` keeps the model's input
+    columns (the Trainer's ``_remove_unused_columns``). Asking for the cache (``True``) where it cannot
+    work is an error; under auto (``None``) the reason is logged and the teacher runs at every step.
+    """
+    wanted = config.cache_teacher_logits
+    if config.hidden_states_weight > 0:  # the hidden states need the teacher at every step
+        return dataset
+    reason = cache_refusal(dataset, collator, wanted)
+    if reason is not None:
+        if wanted:
+            raise ValueError(f"DistillationConfig(cache_teacher_logits=True) cannot be honoured: {reason}")
+        logger.info("teacher logits computed at every step: %s", reason)
+        return dataset
+    if TEACHER_LOGITS in dataset.column_names:
+        return dataset  # cached by an earlier train() of this trainer
+    logits = teacher_logits(teacher, model_inputs(dataset), collator, batch_size, device, config.logits_key,
+                            autocast, show_progress)
+    if logits is None:
+        if wanted:
+            raise ValueError("DistillationConfig(cache_teacher_logits=True): the teacher's logits are not one vector "
+                             "per example (per-token logits?); use cache_teacher_logits=None or False")
+        logger.info("teacher logits computed at every step: they are not one vector per example")
+        return dataset
+    logger.info("teacher logits cached for %d training examples", len(logits))
+    return add_logits_column(dataset, logits)

@@ -19,7 +19,7 @@ from ..io.training_state import has_sparsity_state, load_sparsity_state, write_s
 from ..config import SparsityConfig
 from .diagnostics import UnderTrainingCallback
 from .distill import DistillationConfig, distillation_loss, hidden_states_loss
-from .teacher_cache import TEACHER_LOGITS, cache_refusal, teacher_logits, with_teacher_logits
+from .teacher_cache import TEACHER_LOGITS, with_teacher_logits
 from . import fsdp
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
 from .run_changes import RunChangesCallback, describe_run_changes
@@ -163,7 +163,7 @@ class SparseTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         key = self.distillation.logits_key
         teacher_outputs = None
-        if cached is None:
+        if cached is None or layerwise:  # the hidden states need the teacher's forward pass
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             with torch.no_grad(), self.accelerator.autocast():
                 teacher_outputs = self.teacher_model(**teacher_inputs)
@@ -184,32 +184,12 @@ class SparseTrainer(Trainer):
         """One teacher pass over the training set before training, instead of one per step (teacher_cache.py)."""
         if self.teacher_model is None or self.train_dataset is None:
             return
-        wanted = self.distillation.cache_teacher_logits
-        if self.distillation.hidden_states_weight > 0:  # the hidden states need the teacher at every step
-            return
-        reason = cache_refusal(self.train_dataset, self.data_collator, wanted)
-        if reason is None and TEACHER_LOGITS in self.train_dataset.column_names:
-            return  # cached by an earlier train() of this trainer
-        if reason is not None:
-            if wanted:
-                raise ValueError(f"DistillationConfig(cache_teacher_logits=True) cannot be honoured: {reason}")
-            logger.info("teacher logits computed at every step: %s", reason)
-            return
-        model_inputs = self._remove_unused_columns(self.train_dataset, description="teacher logits")
-        logits = teacher_logits(
-            self.teacher_model, model_inputs, self.data_collator, self.args.per_device_eval_batch_size,
-            self.args.device, self.distillation.logits_key, self.accelerator.autocast,
+        self.train_dataset = with_teacher_logits(
+            self.train_dataset, self.teacher_model, self.data_collator, self.distillation,
+            model_inputs=lambda data: self._remove_unused_columns(data, description="teacher logits"),
+            batch_size=self.args.per_device_eval_batch_size, device=self.args.device, autocast=self.accelerator.autocast,
             show_progress=not self.args.disable_tqdm and self.is_local_process_zero(),
         )
-        if logits is None:
-            if wanted:
-                raise ValueError("DistillationConfig(cache_teacher_logits=True): the teacher's logits are not one "
-                                 "vector per example (per-token logits?); they are computed at every step instead "
-                                 "with cache_teacher_logits=None or False")
-            logger.info("teacher logits computed at every step: they are not one vector per example")
-            return
-        self.train_dataset = with_teacher_logits(self.train_dataset, logits)
-        logger.info("teacher logits cached for %d training examples", len(logits))
 
     def _set_signature_columns_if_needed(self) -> None:
         """The cached teacher logits are a column the Trainer must keep, though no model input."""
