@@ -59,11 +59,30 @@ def load_run():
     return module
 
 
-def finished_runs() -> list[dict]:
-    if not os.path.isfile(RUNS_FILE):
+def read_runs(path: str) -> list[dict]:
+    """The finished runs of a benchmark: one JSON object per line of ``path`` (none yet: [])."""
+    if not os.path.isfile(path):
         return []
-    with open(RUNS_FILE, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def append_run(path: str, row: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def write_table(name: str, text: str) -> None:
+    """``text`` into benchmarks/results/``name``, and on the screen."""
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, name), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(text)
+
+
+def finished_runs() -> list[dict]:
+    return read_runs(RUNS_FILE)
 
 
 def run_one(run, row: str, seed: int, options: argparse.Namespace) -> dict:
@@ -118,14 +137,10 @@ def write_report(runs: list[dict]) -> None:
         sd = f" +- {r['sd']:.4f}" if r["sd"] is not None else ""
         gap = f"{100 * (r['mean'] - dense):+.1f}" if dense is not None and r["row"] != "dense" else ""
         lines.append(f"| {r['row']} | {r['sparsity']:.0%} | {r['n']} | {r['mean']:.4f}{sd} | {gap} | {r['train_runtime_s']:.0f} |")
-    lines += ["", "Majority-class rate of the test set: 0.5785. Train runtimes are on a shared, loaded 2-core CPU."]
-    table = "\n".join(lines) + "\n"
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "glue_minilm.md"), "w", encoding="utf-8") as handle:
-        handle.write(table)
+    lines += ["", "Majority-class rate of the test set: 0.5785. Train runtimes: one 2-core CPU, no other heavy job."]
     with open(os.path.join(RESULTS, "glue_minilm.json"), "w", encoding="utf-8") as handle:
         json.dump({"rows": rows, "runs": runs}, handle, indent=1)
-    print(table)
+    write_table("glue_minilm.md", "\n".join(lines) + "\n")
     plot(rows, dense)
 
 
@@ -172,9 +187,7 @@ def main() -> None:
                 if (row, seed, options.train_size) in done:
                     continue
                 result = run_one(run, row, seed, options)
-                os.makedirs(RESULTS, exist_ok=True)
-                with open(RUNS_FILE, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(result) + "\n")
+                append_run(RUNS_FILE, result)
                 print(f"{row} seed {seed}: accuracy {result['accuracy']:.4f} ({result['wall_s']:.0f} s)", flush=True)
     write_report(finished_runs())
 

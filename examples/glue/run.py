@@ -366,13 +366,13 @@ def train_dense_teacher(model: Any, training_args: TrainingArguments, common: di
     args = dataclasses.replace(training_args, output_dir=output_dir, push_to_hub=False, resume_from_checkpoint=None)
     logger.warning("teacher auto: fine-tuning the dense teacher first (%s)", output_dir)
     trainer = Trainer(model=model, args=args, **common)
-    trainer.train()
+    train_runtime = trainer.train().metrics.get("train_runtime")
     trainer.save_model()
     metrics = trainer.evaluate() if common.get("eval_dataset") is not None else {}
     if metrics:
         trainer.log_metrics("dense teacher eval", metrics)
         trainer.save_metrics("eval", metrics)
-    return trainer.model, metrics
+    return trainer.model, {**metrics, "train_runtime": train_runtime}
 
 
 def trainer_distillation_kwargs(model_args: ModelArguments, sparse_args: SparseArguments, num_labels: int) -> dict:
