@@ -1,9 +1,9 @@
 """Teacher logits computed once, before training (offline distillation).
 
 The teacher is frozen and in eval mode, so its logits for a training example never change. Computing
-them in one inference pass instead of at every step saves the teacher's forward pass: about a fifth
-of a distillation step when teacher and student are the same size (the GLUE example's dense teacher),
-time the sparse phase can spend on more steps. It is only right when the collator is deterministic (it
+them in one inference pass instead of at every step saves the teacher's forward pass: 15% of a
+distillation step in the GLUE example (teacher and student the same size), time the sparse phase can
+spend on more steps. It is only right when the collator is deterministic (it
 pads, nothing else): a collator that masks or crops at random would pair an input with the logits of
 another input. ``DistillationConfig.cache_teacher_logits=None`` therefore turns it on only for
 collators known to pad and nothing else.
