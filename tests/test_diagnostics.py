@@ -84,3 +84,28 @@ def test_trainer_does_not_flag_a_model_that_learns(tmp_path, caplog):
     assert trainer.undertraining.chance.at_chance is False, trainer.state.log_history[-3:]
     assert "NOT learning" not in caplog.text
     assert not any("NOT learning" in w for w in trainer.undertraining.warnings)
+
+
+def test_the_eval_labels_are_read_once_per_eval_set(tmp_path):
+    """Evaluating every few steps must not read every label of the eval set again each time."""
+    reads = []
+
+    class CountingPairs(PairDataset):
+        def __getitem__(self, i):
+            reads.append(i)
+            return super().__getitem__(i)
+
+    eval_data = CountingPairs(n=16)
+    args = training_args(tmp_path, learning_rate=0.0, max_steps=6, eval_strategy="steps", eval_steps=2)
+    model = tiny_bert()
+    with torch.no_grad():  # a constant classifier: accuracy at the majority rate, so the rate is needed
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+    trainer = SparseTrainer(model=model, args=args, train_dataset=PairDataset(n=32), eval_dataset=eval_data,
+                            compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+                            sparsity_config=SparsityConfig(sparsity=0.5, recipe="none", start=1, end=1))
+    trainer.train()
+    evaluations = sum("eval_accuracy" in e for e in trainer.state.log_history)
+    assert evaluations == 3 and sum("majority_rate" in e for e in trainer.state.log_history) == 3
+    assert len(reads) == 16 * evaluations + 16  # the eval loops, plus one read of the labels
+

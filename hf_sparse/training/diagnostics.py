@@ -170,6 +170,7 @@ class UnderTrainingCallback(TrainerCallback):
         self.warnings: list[str] = []
         #: False when the training loss is not the task's cross-entropy (distillation): no chance-level test.
         self.loss_is_cross_entropy = True
+        self._majority: Optional[tuple[Any, Optional[float]]] = None  # (eval dataset, its majority rate)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.warnings = []
@@ -178,8 +179,7 @@ class UnderTrainingCallback(TrainerCallback):
         accuracy = (metrics or {}).get("eval_accuracy")
         if accuracy is None or classifier_labels(model) is None:
             return
-        labels = _dataset_labels(eval_dataloader)
-        rate = majority_rate(labels) if labels else None
+        rate = self._majority_rate(eval_dataloader)
         if rate is None or accuracy > rate + 0.01:
             return
         state.log_history.append({"step": state.global_step, "majority_rate": rate, "majority_eval_accuracy": accuracy})
@@ -219,6 +219,14 @@ class UnderTrainingCallback(TrainerCallback):
         else:
             below = " below chance level" if self.chance.at_chance is False else ""
             logger.info("under-training diagnostic: training loss had flattened%s (%s)", below, self.verdict)
+
+    def _majority_rate(self, eval_dataloader: Any) -> Optional[float]:
+        """The eval set's majority rate, read once per eval set rather than at every evaluation."""
+        dataset = getattr(eval_dataloader, "dataset", None)
+        if self._majority is None or self._majority[0] is not dataset:
+            labels = _dataset_labels(eval_dataloader)
+            self._majority = (dataset, majority_rate(labels) if labels else None)
+        return self._majority[1]
 
     def _note(self, message: str) -> None:
         if message not in self.warnings:
