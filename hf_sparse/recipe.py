@@ -44,7 +44,7 @@ def recommend_schedule_scale(sparsity: float) -> float:
 def resolve_recipe(config: "SparsityConfig") -> dict[str, Any]:
     """Fill ``config``'s ``"auto"`` fields in place; return what the recipe chose (``{}`` for ``"none"``).
 
-    Explicit values always win. ``update_every`` stays None ("auto") under the recipe: it depends on the run's
+    Explicit values always win; ``method_args`` keys the recipe names are added when the user gave none. ``update_every`` stays None ("auto") under the recipe: it depends on the run's
     length and is resolved by ``SparsityConfig.update_interval`` once the Trainer knows it.
     """
     from .registry import get_method_class
@@ -62,4 +62,8 @@ def resolve_recipe(config: "SparsityConfig") -> dict[str, Any]:
         setattr(config, name, recipe.get(name, plain))
         if name in recipe:  # a method without a measured recipe keeps its plain defaults silently
             chosen[name] = recipe[name]
+    for key, value in recipe.get("method_args", {}).items():  # e.g. gmp's criterion
+        if key not in config.method_args:
+            config.method_args = {**config.method_args, key: value}
+            chosen[key] = value
     return chosen

@@ -18,7 +18,7 @@ from hf_sparse.core.sparsifier import Sparsifier
 from hf_sparse.core.targets import find_targets
 
 from conftest import PairDataset, tiny_bert, training_args
-from test_methods_common import FIXED_MASK_METHODS, METHOD_ROWS, InvariantChecker, make_config
+from test_methods_common import FIXED_MASK_METHODS, METHOD_ROWS, InvariantChecker, make_config, method_of
 
 PREFIX = "base_model.model."
 
@@ -202,8 +202,9 @@ def test_prune_base_further_while_lora_trains_and_resumes(tmp_path, method):
     peft_model = lora(model)
     before = base_weights(peft_model)
     config = make_config(method)
-    method_class = get_method_class(method)
-    if method_class.needs_gradients or method_class.needs_trainable_targets:
+    method_class = get_method_class(method_of(method))
+    gradient_criterion = config.method_args.get("criterion") == "fisher"
+    if method_class.needs_gradients or method_class.needs_trainable_targets or gradient_criterion:
         with pytest.raises(ValueError, match="frozen"):
             _lora_trainer(tmp_path, peft_model, sparsity_config=config, base_masks=sparsifier)
         return

@@ -3,7 +3,8 @@
 Invariants (shared/methods.md section 7): masked weights exactly 0 after every optimizer step;
 optimizer state at masked positions 0; masks change only on optimizer-step boundaries (with
 gradient accumulation and clipping on); resume gives bitwise-equal masks; save/load round trip.
-A new method adds one row to METHOD_ROWS (a test fails if a registered method has none).
+A new method adds one row to METHOD_ROWS (a test fails if a registered method has none); a variant
+of a method (another criterion) is a row named "method:variant".
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from conftest import PairDataset, tiny_bert, training_args
 METHOD_ROWS: dict[str, dict] = {
     "constant": dict(sparsity=0.5),
     "gmp": dict(sparsity=0.75, initial_sparsity=0.25, start=2, end=8, update_every=2),
+    "gmp:fisher": dict(sparsity=0.75, initial_sparsity=0.25, start=2, end=8, update_every=2,
+                       method_args={"criterion": "fisher"}),
     "oneshot": dict(sparsity=0.75, start=2),
     "set": dict(sparsity=0.75, start=2, end=8, update_every=2),
     "rigl": dict(sparsity=0.75, start=2, end=8, update_every=2),
@@ -77,16 +80,21 @@ RECIPE_ROWS: dict[str, dict] = {
 }
 
 
+def method_of(row: str) -> str:
+    """The registered method of a METHOD_ROWS key ("gmp:fisher" -> "gmp")."""
+    return row.split(":")[0]
+
+
 def make_config(method: str, allocation: str = "uniform", pattern: str = "unstructured") -> SparsityConfig:
     row = dict(METHOD_ROWS[method])
     if pattern != "unstructured":
         row["sparsity"] = None
         row.pop("initial_sparsity", None)
-    return SparsityConfig(method=method, allocation=allocation, pattern=pattern, recipe="none", **row)
+    return SparsityConfig(method=method_of(method), allocation=allocation, pattern=pattern, recipe="none", **row)
 
 
 def _supported(method: str, pattern: str) -> bool:
-    return pattern == "unstructured" or get_method_class(method).supports_nm
+    return pattern == "unstructured" or get_method_class(method_of(method)).supports_nm
 
 
 class InvariantChecker(TrainerCallback):
@@ -141,7 +149,7 @@ def _train(tmp_path, config, **arg_overrides):
 
 
 def test_every_registered_method_has_a_row():
-    assert set(available_methods()) == set(METHOD_ROWS), "add the new method to METHOD_ROWS"
+    assert set(available_methods()) == {method_of(row) for row in METHOD_ROWS}, "add the new method to METHOD_ROWS"
 
 
 @pytest.mark.parametrize("method,allocation,pattern", list(_cases()))

@@ -17,8 +17,8 @@ def test_only_the_sparsity_gives_the_gmp_recipe():
     config = SparsityConfig(sparsity=0.9)
     assert (config.recipe, config.allocation, config.lr_rewinding, config.update_every) == ("auto", "global", "linear", None)
     assert config.schedule_scale == recommend_schedule_scale(0.9)
-    assert config.method_args == {}
-    assert set(config.recipe_choices) == {"allocation", "schedule_scale", "lr_rewinding", "update_every"}
+    assert config.method_args == {"criterion": "fisher"}
+    assert set(config.recipe_choices) == {"allocation", "schedule_scale", "lr_rewinding", "update_every", "criterion"}
 
 
 def test_recipe_none_is_exactly_the_plain_defaults():
@@ -29,9 +29,17 @@ def test_recipe_none_is_exactly_the_plain_defaults():
 
 def test_explicit_values_win_over_the_recipe():
     config = SparsityConfig(sparsity=0.9, allocation="erk", schedule_scale=1, lr_rewinding=None,
-                            update_every=7, method_args={"initial_jump": None})
+                            update_every=7, method_args={"initial_jump": None, "criterion": "magnitude"})
     assert (config.allocation, config.schedule_scale, config.lr_rewinding, config.update_every) == ("erk", 1.0, None, 7)
-    assert config.method_args == {"initial_jump": None} and config.recipe_choices == {}
+    assert config.method_args == {"initial_jump": None, "criterion": "magnitude"} and config.recipe_choices == {}
+
+
+def test_the_recipe_adds_its_method_args_beside_the_users():
+    mine = {"initial_jump": 0.5}
+    config = SparsityConfig(sparsity=0.9, method_args=mine)
+    assert config.method_args == {"initial_jump": 0.5, "criterion": "fisher"}
+    assert config.recipe_choices["criterion"] == "fisher" and "initial_jump" not in config.recipe_choices
+    assert mine == {"initial_jump": 0.5}  # the user's dict is not changed
 
 
 def test_resolved_config_round_trips_unchanged():

