@@ -54,7 +54,6 @@ def prune(model, sparsity) -> list[str]:
 
 def linear_bytes(folder: str, targets: list[str]) -> int:
     """Bytes of the tensors that encode the targeted weights (plus their masks in the dense layout)."""
-    prefixes = tuple(targets) + tuple(n[: -len(".weight")] + "." for n in targets)
     total = 0
     for name in os.listdir(folder):
         if not name.endswith(".safetensors"):
