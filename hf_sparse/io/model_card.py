@@ -106,20 +106,20 @@ def _how_to_load(layout: str, repo: str) -> str:
         return (
             "Plain transformers loads it (the zeros are stored densely); hf_sparse also restores the masks:\n\n"
             f"```python\nfrom transformers import AutoModel\nmodel = AutoModel.from_pretrained(\"{repo}\")\n\n"
-            f"import hf_sparse  # pip install hf_sparse\nmodel, masks = hf_sparse.load_sparse(\"{repo}\")  # local folder\n```"
+            f"import hf_sparse  # not on PyPI: pip install -e a clone of hf_sparse\nmodel, masks = hf_sparse.load_sparse(\"{repo}\")  # local folder\n```"
         )
     if layout == "native":
         return (
             "This folder is in hf_sparse's compressed layout: plain `from_pretrained` refuses it (no "
             "`model.safetensors`). Load it with hf_sparse, which gives the exact weights and the masks:\n\n"
-            f"```python\nimport hf_sparse  # pip install hf_sparse\nmodel, masks = hf_sparse.load_sparse(\"{repo}\")"
+            f"```python\nimport hf_sparse  # not on PyPI: pip install -e a clone of hf_sparse\nmodel, masks = hf_sparse.load_sparse(\"{repo}\")"
             "  # a local folder (download it first, e.g. huggingface_hub.snapshot_download)\n```"
         )
     return (
         "This folder uses the compressed-tensors 0.14 `sparse-bitmask` layout. **transformers >= 5.10 "
         "cannot read it and silently loads random weights for the compressed layers.** Load it with "
         "hf_sparse, or with transformers <= 4.55 + compressed-tensors 0.14:\n\n"
-        f"```python\nimport hf_sparse  # pip install hf_sparse\nmodel, masks = hf_sparse.load_sparse(\"{repo}\")\n```"
+        f"```python\nimport hf_sparse  # not on PyPI: pip install -e a clone of hf_sparse\nmodel, masks = hf_sparse.load_sparse(\"{repo}\")\n```"
     )
 
 
