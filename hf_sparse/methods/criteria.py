@@ -50,9 +50,9 @@ class FisherCriterion(MagnitudeCriterion):
     """|w| * sqrt(F): ranks weights exactly as the diagonal OBS saliency w**2 * F / 2.
 
     F is an exponential moving average (decay ``FISHER_DECAY``) of the squared gradients the optimizer
-    used (clipped, zero where pruned), fed after every optimizer step. Until every target has had a
-    gradient (an update at step 0, or frozen targets such as a LoRA base) the scores are magnitudes,
-    and a warning says so.
+    used (clipped, zero where pruned), fed after every optimizer step. Before the first step (an update
+    at step 0) the scores are magnitudes; so they are, with a warning, while some target has never had
+    a gradient (a layer the forward pass does not use). Frozen targets are refused earlier (``GMP``).
     """
 
     name: ClassVar[str] = "fisher"
@@ -80,12 +80,14 @@ class FisherCriterion(MagnitudeCriterion):
     @torch.no_grad()
     def scores(self, weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [name for name in weights if name not in self.fisher]
+        if not self.fisher:  # an update before the first optimizer step (e.g. initial_sparsity at step 0)
+            logger.info("criterion 'fisher': no optimizer step yet, this update ranks by magnitude")
+            return super().scores(weights, masks)
         if missing:
             if not self._warned:
                 logger.warning(
-                    "criterion 'fisher': no gradient seen yet for %d of %d targets (first: %r; an update before the "
-                    "first optimizer step, or frozen weights): this update ranks by magnitude", len(missing),
-                    len(weights), missing[0],
+                    "criterion 'fisher': %d of %d targets never had a gradient (first: %r; not used in the forward "
+                    "pass?): updates rank every target by magnitude", len(missing), len(weights), missing[0],
                 )
                 self._warned = True
             return super().scores(weights, masks)

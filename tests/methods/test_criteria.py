@@ -35,13 +35,17 @@ def test_scores_rank_by_the_obs_saliency_and_keep_pruned_at_minus_inf():
 
 def test_magnitude_until_every_target_had_a_gradient(caplog):
     crit = FisherCriterion()
-    crit.observe({"a": torch.ones(2)})
     weights = {"a": torch.tensor([3.0, -1.0]), "b": torch.tensor([0.5, 2.0])}
     masks = {name: torch.ones(2, dtype=torch.bool) for name in weights}
     with caplog.at_level(logging.WARNING):
+        before_any_step = crit.scores(weights, masks)
+    assert caplog.text == ""  # expected before the first optimizer step: no warning
+    crit.observe({"a": torch.ones(2)})
+    with caplog.at_level(logging.WARNING):
         scores = crit.scores(weights, masks)
-    assert torch.equal(scores["b"], weights["b"].abs()) and torch.equal(scores["a"], weights["a"].abs())
-    assert "no gradient seen yet for 1 of 2 targets" in caplog.text
+    for result in (before_any_step, scores):
+        assert torch.equal(result["b"], weights["b"].abs()) and torch.equal(result["a"], weights["a"].abs())
+    assert "1 of 2 targets never had a gradient" in caplog.text
 
 
 def test_state_round_trips_exactly_and_refuses_another_shape():
