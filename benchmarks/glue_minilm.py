@@ -10,7 +10,8 @@ rows (the first N of a seeded shuffle) so the plan fits a 2-core CPU; the table 
 ``examples/glue/run.py`` with the same TrainingArguments (2 epochs, batch 32, LR 1e-4, seed per run): rows differ
 only in their sparsity flags. Rows: dense; plain GMP (``--recipe none``: the dense recipe, no teacher); the recipe
 (``recipe="auto"``) without a teacher, from the pretrained model; the script's default
-(``--teacher_model_name_or_path auto``: prune a copy of the dense run of the same seed while distilling from it).
+(``--teacher_model_name_or_path auto``: prune a copy of the dense run of the same seed while distilling from it);
+rows with ``mag`` pin the magnitude criterion the recipe used before it chose ``fisher``.
 Each finished run is a line of benchmarks/results/glue_minilm_runs.jsonl; the summary (mean +- sd over seeds)
 goes to glue_minilm.{md,json,png}.
 """
@@ -35,6 +36,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 RUNS_FILE = os.path.join(RESULTS, "glue_minilm_runs.jsonl")
 logger = logging.getLogger(__name__)
 
+# The recipe before it chose the fisher criterion (rows "-mag-", measured at commit 90dcc70).
+MAGNITUDE = ["--method_args", '{"criterion": "magnitude"}']
 # name -> (sparsity, extra flags, seeds); "kd" rows distil from the dense run of the same seed.
 PLAN: dict[str, tuple[float, list[str], tuple[int, ...]]] = {
     "dense": (0.0, [], (1, 2, 3)),
@@ -47,6 +50,12 @@ PLAN: dict[str, tuple[float, list[str], tuple[int, ...]]] = {
     "auto-kd-80": (0.8, ["kd"], (1, 2, 3)),
     "auto-kd-90": (0.9, ["kd"], (1, 2, 3)),
     "auto-kd-95": (0.95, ["kd"], (1,)),
+    "auto-mag-80": (0.8, MAGNITUDE, (1,)),
+    "auto-mag-90": (0.9, MAGNITUDE, (1,)),
+    "auto-mag-95": (0.95, MAGNITUDE, (1,)),
+    "auto-kd-mag-80": (0.8, ["kd", *MAGNITUDE], (1, 2, 3)),
+    "auto-kd-mag-90": (0.9, ["kd", *MAGNITUDE], (1, 2, 3)),
+    "auto-kd-mag-95": (0.95, ["kd", *MAGNITUDE], (1,)),
 }
 
 
@@ -151,12 +160,14 @@ def plot(rows: list[dict], dense) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    styles = {"gmp": ("tab:red", "plain GMP (recipe='none')"), "auto": ("tab:blue", "default (recipe='auto')"),
-              "auto-kd": ("tab:green", "default + distillation")}
-    for family, (color, label) in styles.items():
+    styles = {"gmp": ("tab:red", "-", "plain GMP (recipe='none')"), "auto": ("tab:blue", "-", "default (recipe='auto')"),
+              "auto-kd": ("tab:green", "-", "default + distillation"),
+              "auto-mag": ("tab:blue", ":", "default, magnitude criterion (before)"),
+              "auto-kd-mag": ("tab:green", ":", "default + distillation, magnitude (before)")}
+    for family, (color, line, label) in styles.items():
         points = [r for r in rows if r["row"].rsplit("-", 1)[0] == family]
         if points:
-            ax.errorbar([100 * r["sparsity"] for r in points], [r["mean"] for r in points],
+            ax.errorbar([100 * r["sparsity"] for r in points], [r["mean"] for r in points], linestyle=line,
                         yerr=[r["sd"] or 0 for r in points], marker="o", color=color, label=label, capsize=3)
     if dense is not None:
         ax.axhline(dense, color="black", linestyle="--", label="dense")
