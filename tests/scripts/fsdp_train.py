@@ -41,6 +41,8 @@ COMMON = dict(recipe="none", start=1, end=6, update_every=1, targets=[r"encoder\
 SCENARIOS = {
     "gmp_uniform": dict(method="gmp", sparsity=0.8, allocation="uniform"),
     "gmp_global": dict(method="gmp", sparsity=0.8, allocation="global"),  # + a FULL_STATE_DICT checkpoint
+    # the recipe's criterion: the running mean of squared gradients lives in row shards
+    "gmp_fisher_global": dict(method="gmp", sparsity=0.8, allocation="global", method_args={"criterion": "fisher"}),
     "gmp_2of4": dict(method="gmp", sparsity=0.5, pattern="2:4"),
     "rigl_global": dict(method="rigl", sparsity=0.8, allocation="global"),
     "set_erk": dict(method="set", sparsity=0.8, allocation="erk"),
