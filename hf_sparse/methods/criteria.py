@@ -65,24 +65,23 @@ class FisherCriterion(MagnitudeCriterion):
     @torch.no_grad()
     def observe(self, grads: Mapping[str, torch.Tensor]) -> None:
         for name, grad in grads.items():
-            squared = grad.detach().float().square()
+            grad = grad.detach()
             average = self.fisher.get(name)
-            if average is None:
-                self.fisher[name] = squared.mul_(1 - FISHER_DECAY)
-                continue
-            if average.shape != squared.shape:
-                raise ValueError(f"criterion 'fisher': {name} has a gradient of shape {tuple(squared.shape)} but a "
+            if average is None:  # fused below: no squared-gradient temporary on the per-step path
+                average = self.fisher[name] = torch.zeros_like(grad, dtype=torch.float32)
+            elif average.shape != grad.shape:
+                raise ValueError(f"criterion 'fisher': {name} has a gradient of shape {tuple(grad.shape)} but a "
                                  f"running mean of shape {tuple(average.shape)} (a state from another model?)")
-            if average.device != squared.device:
-                average = self.fisher[name] = average.to(squared.device)
-            average.mul_(FISHER_DECAY).add_(squared, alpha=1 - FISHER_DECAY)
+            elif average.device != grad.device:
+                average = self.fisher[name] = average.to(grad.device)
+            average.mul_(FISHER_DECAY).addcmul_(grad, grad, value=1 - FISHER_DECAY)
 
     @torch.no_grad()
     def scores(self, weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = [name for name in weights if name not in self.fisher]
         if not self.fisher:  # an update before the first optimizer step (e.g. initial_sparsity at step 0)
             logger.info("criterion 'fisher': no optimizer step yet, this update ranks by magnitude")
             return super().scores(weights, masks)
+        missing = [name for name in weights if name not in self.fisher]
         if missing:
             if not self._warned:
                 logger.warning(
