@@ -1,6 +1,6 @@
 """Two ranks, one launch: are the masks bitwise equal on every rank after every step?
 
-Run by tests/test_distributed.py as
+Run by tests/core/test_distributed.py as
 ``accelerate launch --multi_gpu --num_processes 2 ... ddp_masks.py OUT_DIR``.
 It trains a tiny MLP with gmp, set, rigl and dst_ee in turn (several mask updates each) with
 ``sync_masks=False``, so equality proves the decisions themselves agree (all-reduced gradients,

@@ -1,6 +1,6 @@
 """SparseTrainer under FSDP2 on 2 CPU ranks, one launch, many checks (results in OUT_DIR/results.json).
 
-Run by tests/test_fsdp.py as
+Run by tests/training/test_fsdp.py as
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 fsdp_train.py OUT_DIR``.
 
 accelerate does not turn FSDP on for CPU ranks; ``fsdp_cpu.enable_cpu_fsdp`` is the test-only patch.

@@ -1,4 +1,4 @@
-"""Two-rank distillation run (launched by tests/test_distill_multiprocess.py via accelerate)."""
+"""Two-rank distillation run (launched by tests/training/test_distill_multiprocess.py via accelerate)."""
 
 import copy
 import json

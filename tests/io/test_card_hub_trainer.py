@@ -171,5 +171,5 @@ def test_template_ships_with_the_package():
 
     text = template_text()
     assert "$front_matter" in text and "$layer_table" in text
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
     assert open(os.path.join(here, "model_cards", "model_card.md")).read() == text

@@ -20,7 +20,7 @@ from hf_sparse.io import ct_layout
 
 from export_helpers import assert_bitwise_equal, bits, state
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "compressed_tensors")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "compressed_tensors")
 CASES = ["bert_bitmask_fp32", "bert_bitmask_bf16", "bert_24_fp32", "resnet_bitmask_fp32"]
 
 
