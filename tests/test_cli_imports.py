@@ -11,7 +11,7 @@ import sys
 import hf_sparse
 from hf_sparse import save_sparse
 
-from conftest import tiny_bert
+from helpers import tiny_bert
 
 # Runs ``python -m hf_sparse ARGS`` in-process (runpy, as -m does) and records which heavy modules
 # each command left in sys.modules.

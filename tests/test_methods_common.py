@@ -18,7 +18,7 @@ from hf_sparse.io.training_state import load_sparsity_state
 from hf_sparse.core.masks import nm_mask, topk_mask
 from hf_sparse.core.optim_state import _inner
 
-from conftest import PairDataset, tiny_bert, training_args
+from helpers import PairDataset, tiny_bert, training_args
 
 # method -> SparsityConfig overrides for a 12-step run (mask updates every 2 steps).
 METHOD_ROWS: dict[str, dict] = {

@@ -10,7 +10,7 @@ from hf_sparse.__main__ import main
 from hf_sparse.core.masks import nm_mask
 from hf_sparse.core.targets import find_targets
 
-from conftest import tiny_bert
+from helpers import tiny_bert
 
 
 def saved_24_model(tmp_path):

@@ -8,7 +8,7 @@ from torch import nn
 
 from hf_sparse.core.targets import find_targets
 
-from conftest import TinyMLP, tiny_bert
+from helpers import TinyMLP, tiny_bert
 
 
 def test_bert_defaults_skip_embeddings_pooler_and_head():

@@ -317,7 +317,7 @@ def test_sparse_trainer_refuses_fsdp1(monkeypatch, bert, tmp_path):
         self.is_fsdp_enabled = True  # what Trainer sets when accelerate has an FSDP plugin (here not FSDP2)
 
     monkeypatch.setattr(transformers.Trainer, "__init__", fsdp_init)
-    from conftest import training_args
+    from helpers import training_args
 
     with pytest.raises(ValueError, match="supports FSDP2 only"):
         hf_sparse.SparseTrainer(model=bert, args=training_args(tmp_path), sparsity_config=SparsityConfig())

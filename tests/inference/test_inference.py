@@ -13,7 +13,7 @@ from hf_sparse import from_sparse_inference, to_sparse_inference
 from hf_sparse.inference.sparse_linear import SparseLinear
 from hf_sparse.core.targets import find_targets
 
-from conftest import tiny_bert
+from helpers import tiny_bert
 
 
 def prune_(model: nn.Module, sparsity: float) -> nn.Module:

@@ -17,7 +17,7 @@ import hf_sparse
 import hf_sparse.io.load  # hf_sparse.io.load.* below; the package imports lazily
 from hf_sparse.__main__ import main as cli
 
-from conftest import PairDataset, tiny_bert, training_args
+from helpers import PairDataset, tiny_bert, training_args
 from export_helpers import assert_bitwise_equal, prune, state
 
 

@@ -18,7 +18,7 @@ from hf_sparse.__main__ import main
 from hf_sparse.io.training_state import KEY_STATE, STATE_FILE, load_sparsity_state, save_sparsity_state, validate_state
 
 from ckpt_helpers import edit_header, files_of, masks_equal, metadata_of, rewrite, save
-from conftest import tiny_bert
+from helpers import tiny_bert
 from export_helpers import assert_bitwise_equal, prune, state
 
 

@@ -20,7 +20,7 @@ import hf_sparse
 from hf_sparse.io.training_state import load_sparsity_state, save_sparsity_state
 
 from ckpt_helpers import masks_equal, read_raw, rewrite, save, write_raw
-from conftest import tiny_bert
+from helpers import tiny_bert
 from export_helpers import bits, prune, state
 
 CASES_PER_TARGET = int(os.environ.get("HF_SPARSE_CORRUPTION_CASES", "24"))  # raise it for a deeper local run

@@ -18,7 +18,7 @@ import hf_sparse.io.load
 from hf_sparse.io import compressed_tensors as native
 from hf_sparse.io.native_format import FORMAT_VERSION
 
-from conftest import tiny_bert
+from helpers import tiny_bert
 from export_helpers import assert_bitwise_equal, prune, state, tiny_resnet
 
 LAYOUTS = [False, True, "compressed-tensors"]
@@ -355,7 +355,7 @@ def test_load_masks_of_plain_folder_is_an_error(tmp_path):
 
 
 def test_load_into_plain_module(tmp_path):
-    from conftest import TinyMLP
+    from helpers import TinyMLP
 
     model = TinyMLP()
     masks = prune(model, 0.9)

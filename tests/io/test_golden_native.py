@@ -83,7 +83,7 @@ def test_dense_header_is_in_the_first_write_or_added_once(tmp_path, monkeypatch)
 
     import hf_sparse.io.save as save_module
     from export_helpers import prune
-    from conftest import tiny_bert
+    from helpers import tiny_bert
 
     warnings: list[str] = []
     monkeypatch.setattr(save_module.logger, "warning", lambda message, *args: warnings.append(message % args))

@@ -18,7 +18,7 @@ import hf_sparse.io.shards as shards
 import hf_sparse.io.training_state as training_state
 
 from ckpt_helpers import files_of, masks_equal, save
-from conftest import PairDataset, tiny_bert, training_args
+from helpers import PairDataset, tiny_bert, training_args
 from export_helpers import assert_bitwise_equal, prune, state
 
 

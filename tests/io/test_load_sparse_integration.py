@@ -7,7 +7,7 @@ import torch
 import hf_sparse
 from hf_sparse import SparsityConfig, Sparsifier, read_masks, save_sparse
 
-from conftest import tiny_bert
+from helpers import tiny_bert
 
 
 def _sparse_folder(tmp_path):

@@ -17,7 +17,7 @@ from hf_sparse.core.masks import overall_sparsity
 from hf_sparse.core.sparsifier import Sparsifier
 from hf_sparse.core.targets import find_targets
 
-from conftest import PairDataset, tiny_bert, training_args
+from helpers import PairDataset, tiny_bert, training_args
 from test_methods_common import FIXED_MASK_METHODS, METHOD_ROWS, InvariantChecker, make_config, method_of
 
 PREFIX = "base_model.model."

@@ -8,7 +8,7 @@ import torch
 from hf_sparse import Sparsifier, SparsityConfig
 from hf_sparse.methods.acdc import acdc_phases
 
-from conftest import TinyMLP, VectorDataset
+from helpers import TinyMLP, VectorDataset
 
 
 def test_phase_starts_alternate_and_end_sparse():

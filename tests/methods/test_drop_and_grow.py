@@ -20,7 +20,7 @@ from hf_sparse.methods.drop_and_grow import (
 )
 from hf_sparse.core.targets import find_targets
 
-from conftest import TinyMLP, VectorDataset, training_args
+from helpers import TinyMLP, VectorDataset, training_args
 
 
 def _model(seed: int = 0) -> nn.Module:

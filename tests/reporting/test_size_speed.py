@@ -15,7 +15,7 @@ from hf_sparse.core.masks import nm_mask
 from hf_sparse.core.patterns import detect_pattern
 from hf_sparse.reporting.size_speed import count_flops, verdict
 
-from conftest import TinyMLP, tiny_bert
+from helpers import TinyMLP, tiny_bert
 
 
 def sparse_mlp() -> TinyMLP:

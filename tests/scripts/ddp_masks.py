@@ -16,13 +16,13 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for helpers
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from conftest import TinyMLP, VectorDataset, training_args  # noqa: E402
+from helpers import TinyMLP, VectorDataset, training_args  # noqa: E402
 from hf_sparse import SparseTrainer, SparsityConfig  # noqa: E402
 from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
 from hf_sparse.core.distributed import gather_masks_equal, world_size  # noqa: E402

@@ -21,14 +21,14 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for conftest
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for helpers
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/scripts/ for fsdp_cpu
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from conftest import PairDataset, tiny_bert, training_args  # noqa: E402
+from helpers import PairDataset, tiny_bert, training_args  # noqa: E402
 from fsdp_cpu import enable_cpu_fsdp  # noqa: E402
 from hf_sparse import SparseTrainer, SparsityConfig, load_sparse  # noqa: E402
 from hf_sparse.core.distributed import gather_rows, local, shutdown_distributed  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from conftest import TinyMLP, VectorDataset, training_args  # noqa: E402
+from helpers import TinyMLP, VectorDataset, training_args  # noqa: E402
 
 from hf_sparse import DistillationConfig, SparseTrainer, SparsityConfig  # noqa: E402
 from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402

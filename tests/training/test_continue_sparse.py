@@ -17,7 +17,7 @@ from hf_sparse.io.existing_masks import attach_masks
 from hf_sparse.core.masks import topk_mask
 from hf_sparse.core.targets import find_targets
 
-from conftest import PairDataset, tiny_bert, training_args
+from helpers import PairDataset, tiny_bert, training_args
 
 
 def pruned_copy_on_disk(tmp_path, sparsity: float = 0.5, seed: int = 0):

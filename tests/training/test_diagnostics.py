@@ -10,7 +10,7 @@ import torch
 from hf_sparse import SparseTrainer, SparsityConfig
 from hf_sparse.training.diagnostics import chance_level_verdict, classifier_labels, majority_rate, undertraining_verdict
 
-from conftest import PairDataset, tiny_bert, training_args
+from helpers import PairDataset, tiny_bert, training_args
 
 
 def _history(losses):

@@ -20,7 +20,7 @@ from hf_sparse import (
 from hf_sparse.training.diagnostics import undertraining_verdict
 from hf_sparse.training.distill import distillation_loss, hidden_states_loss, kd_loss
 
-from conftest import TinyMLP, VectorDataset, training_args
+from helpers import TinyMLP, VectorDataset, training_args
 
 
 # -- schedule scaling ------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_hidden_states_loss_averages_real_tokens_then_layers():
 
 
 def test_trainer_adds_the_layerwise_term(tmp_path):
-    from conftest import PairDataset, tiny_bert
+    from helpers import PairDataset, tiny_bert
 
     student = tiny_bert(0)
     for module in student.modules():
@@ -250,7 +250,7 @@ def test_trainer_stores_the_verdict_in_the_logs(tmp_path):
 def test_extended_recipe_keeps_the_invariants(tmp_path):
     from test_methods_common import InvariantChecker
 
-    from conftest import PairDataset, tiny_bert
+    from helpers import PairDataset, tiny_bert
 
     config = SparsityConfig.from_preset(
         "bert-glue-extended", sparsity=0.75, update_every=2, schedule_scale=2, lr_rewinding="cosine"

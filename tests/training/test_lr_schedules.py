@@ -11,7 +11,7 @@ import torch
 from hf_sparse import SparseTrainer, SparsityConfig
 from hf_sparse.training.lr_schedules import RewindingLambda, pruning_steps_of, rewinding_factor
 
-from conftest import TinyMLP, VectorDataset, training_args
+from helpers import TinyMLP, VectorDataset, training_args
 
 PRUNING = [10, 20, 30]
 TOTAL = 50

@@ -10,7 +10,7 @@ from hf_sparse import SparseTrainer, SparsityConfig
 from hf_sparse.training.lr_schedules import RewindingLambda
 from hf_sparse.recipe import PLAIN_DEFAULTS, RECIPE_UPDATES, recommend_schedule_scale
 
-from conftest import TinyMLP, VectorDataset, training_args
+from helpers import TinyMLP, VectorDataset, training_args
 
 
 def test_only_the_sparsity_gives_the_gmp_recipe():

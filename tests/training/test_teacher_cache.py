@@ -12,7 +12,7 @@ from transformers import default_data_collator
 from hf_sparse import DistillationConfig, SparseTrainer, SparsityConfig
 from hf_sparse.training.teacher_cache import TEACHER_LOGITS, is_deterministic_collator
 
-from conftest import PairDataset, VectorDataset, TinyMLP, tiny_bert, training_args
+from helpers import PairDataset, VectorDataset, TinyMLP, tiny_bert, training_args
 
 
 def _dataset(n: int = 40) -> datasets.Dataset:

@@ -10,7 +10,7 @@ import torch
 from hf_sparse import SparseTrainer, Sparsifier, SparsityConfig, sparsity_report
 from hf_sparse.io.training_state import KEY_STATE, STATE_FILE
 
-from conftest import PairDataset, TinyMLP, VectorDataset, tiny_bert, training_args
+from helpers import PairDataset, TinyMLP, VectorDataset, tiny_bert, training_args
 from test_methods_common import InvariantChecker
 
 GMP = dict(method="gmp", sparsity=0.75, start=2, end=8, update_every=2, recipe="none")  # the mechanics at exactly these steps

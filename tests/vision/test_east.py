@@ -22,7 +22,7 @@ from hf_sparse.vision import (
 )
 from hf_sparse.vision.dyrelu import beta_at
 
-from conftest import TinyMLP, tiny_bert, training_args
+from helpers import TinyMLP, tiny_bert, training_args
 from vision_helpers import TinyImages, tiny_hf_resnet, tiny_timm_resnet
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from hf_sparse import SparseTrainer, SparsityConfig
 from hf_sparse.core.targets import find_targets
 
-from conftest import training_args
+from helpers import training_args
 from vision_helpers import IMAGE_SIZE, TinyImages, tiny_hf_resnet, tiny_timm_resnet
 
 
