@@ -9,6 +9,9 @@ sparse model with dense kernels, with CPU sparse kernels (``to_sparse_inference`
 feature is installed, and with 2:4 semi-structured kernels on a GPU. Speedups are paired, as
 ``to_sparse_inference`` measures them (``hf_sparse.inference.timing.paired_speedup``). A verdict
 line says in one sentence what the user gets.
+
+The parts live by concern: :mod:`.flops` (counting), :mod:`.example_inputs` (input synthesis, the
+dense baseline), :mod:`.latency` (timing), :mod:`.verdict` (the sentence); this module assembles them.
 """
 
 from __future__ import annotations
@@ -17,166 +20,22 @@ import copy
 import json
 import logging
 import statistics
-import time
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..core.patterns import detect_pattern, is_24_compatible
-from ..core.targets import SUPPORTED_MODULES, Target, find_targets
+from ..core.targets import Target, find_targets
 from ..inference.timing import paired_speedup
+from .example_inputs import Inputs, densified_copy, device_of, make_example_inputs
+from .flops import compressed_bytes, count_flops
+from .latency import measure_latencies, measure_latency, measure_times, relative_spread
+from .verdict import SPEEDUP_THRESHOLD, verdict
 
 logger = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-#: A measured ratio below this (or below 1 + the timings' relative spread) is "no speedup".
-SPEEDUP_THRESHOLD = 1.10
-Inputs = Union[Mapping[str, torch.Tensor], torch.Tensor]
-
-
-# -- counting -------------------------------------------------------------------------------------
-def compressed_bytes(numel: int, nonzero: int, dtype_bytes: int) -> float:
-    """Bitmask (1 bit per weight) + the nonzero values: what a bitmask export stores."""
-    return nonzero * dtype_bytes + numel / 8.0
-
-
-def _out_channel_dim(module: nn.Module) -> int:
-    return 1 if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else -1
-
-
-@torch.no_grad()
-def count_flops(model: nn.Module, inputs: Inputs) -> dict[str, dict[str, Any]]:
-    """Multiply-add FLOPs (2 per MAC) of every Linear/Conv module in one forward pass of ``inputs``.
-
-    For a weight of ``numel`` elements applied at ``positions`` output positions (tokens for a
-    Linear, batch x spatial for a Conv): dense ``2 * numel * positions``; sparse the same times
-    the weight's density (only nonzero weights multiply).
-    """
-    flops: dict[str, dict[str, Any]] = {}
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        if not isinstance(output, torch.Tensor):
-            return
-        weight = module.weight
-        positions = output.numel() // max(output.shape[_out_channel_dim(module)], 1)
-        dense = 2 * weight.numel() * positions
-        density = int(torch.count_nonzero(weight)) / max(weight.numel(), 1)
-        row = flops.setdefault(names[id(module)], {"dense": 0, "sparse": 0.0})
-        row["dense"] += dense
-        row["sparse"] += dense * density
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SUPPORTED_MODULES)]
-    try:
-        _forward(model, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return flops
-
-
-# -- inputs and timing ----------------------------------------------------------------------------
-def make_example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None, seed: int = 0) -> Inputs:
-    """Random inputs of ``input_shape`` for a transformers model (token ids or pixel values)."""
-    config = getattr(model, "config", None)
-    main = getattr(model, "main_input_name", None)
-    device = _device_of(model)
-    generator = torch.Generator().manual_seed(seed)
-    if main == "input_ids" and getattr(config, "vocab_size", None):
-        shape = tuple(input_shape or (1, 128))
-        if len(shape) != 2:
-            raise ValueError(f"input_shape for a text model is (batch, sequence length), got {shape}")
-        ids = torch.randint(1, int(config.vocab_size), shape, generator=generator)
-        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
-    if main == "pixel_values":
-        channels = int(getattr(config, "num_channels", 3) or 3)
-        size = getattr(config, "image_size", 224) or 224
-        size = int(size[0] if isinstance(size, (list, tuple)) else size)
-        shape = tuple(input_shape or (1, channels, size, size))
-        if len(shape) != 4:
-            raise ValueError(f"input_shape for an image model is (batch, channels, height, width), got {shape}")
-        return {"pixel_values": torch.randn(shape, generator=generator).to(device)}
-    raise ValueError(
-        f"cannot build example inputs for {type(model).__name__} (main_input_name={main!r}); "
-        "pass example_inputs (a tensor or a dict of tensors)"
-    )
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _forward(model: nn.Module, inputs: Inputs) -> Any:
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-
-
-@torch.inference_mode()
-def measure_times(
-    models: Mapping[str, nn.Module], inputs: Inputs, repeats: int = 10, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Wall times (ms) of ``repeats`` forward passes per model (CUDA synchronised).
-
-    The models run interleaved, one pass each per round, so a load spike on a shared machine hits
-    every variant alike instead of one whole measurement.
-    """
-    states = {name: model.training for name, model in models.items()}
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    try:
-        for model in models.values():
-            model.eval()
-            for _ in range(warmup):
-                _forward(model, inputs)
-        sync()
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                _forward(model, inputs)
-                sync()
-                times[name].append(1000.0 * (time.perf_counter() - start))
-    finally:
-        for name, model in models.items():
-            model.train(states[name])
-    return times
-
-
-def relative_spread(times: Sequence[float]) -> float:
-    """Interquartile range over the median: how noisy a timing is (0 for fewer than 4 samples)."""
-    if len(times) < 4:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(times, n=4)
-    return (q3 - q1) / statistics.median(times)
-
-
-def measure_latencies(
-    models: Mapping[str, nn.Module], inputs: Inputs, repeats: int = 10, warmup: int = 2
-) -> dict[str, float]:
-    """Median wall time (ms) of one forward pass per model, measured interleaved."""
-    return {name: statistics.median(t) for name, t in measure_times(models, inputs, repeats, warmup).items()}
-
-
-def measure_latency(model: nn.Module, inputs: Inputs, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of one forward pass of one model, in milliseconds."""
-    return measure_latencies({"model": model}, inputs, repeats, warmup)["model"]
-
-
-@torch.no_grad()
-def densified_copy(model: nn.Module, targets: Sequence[Target], seed: int = 0) -> nn.Module:
-    """A copy whose zeros in targeted weights hold small random values: the dense baseline."""
-    dense = copy.deepcopy(model)
-    params = dict(dense.named_parameters())
-    generator = torch.Generator().manual_seed(seed)
-    for target in targets:
-        weight = params[target.name]
-        zero = weight == 0
-        if bool(zero.any()):
-            scale = float(weight[~zero].float().std()) if bool((~zero).sum() > 1) else 0.02
-            noise = torch.randn(weight.shape, generator=generator).to(weight.device, weight.dtype) * (scale or 0.02)
-            weight.copy_(torch.where(zero, noise, weight))
-    return dense
-
 
 # -- optional accelerated paths ---------------------------------------------------------------------
 def _sparse_inference_converter() -> Optional[Callable[..., nn.Module]]:
@@ -289,35 +148,6 @@ def _model_totals(model: nn.Module, targets_total: Mapping[str, Any], flops: Map
     }
 
 
-def verdict(totals: Mapping[str, Any], variants: Sequence[Mapping[str, Any]], device: str) -> str:
-    """One honest sentence: pattern and sparsity, measured speedup per kernel kind, size ratio."""
-    if totals["pattern"] == "dense":
-        measured = [v for v in variants if v.get("ms") is not None]
-        timing = f"; {measured[0]['ms']:.1f} ms per forward on this {device}" if measured else ""
-        return f"dense ({totals['sparsity']:.1%} zeros): nothing for sparse kernels or compression to gain{timing}"
-    head = f"{totals['pattern']} {totals['sparsity']:.0%}"
-    base_spread = next((v.get("spread", 0.0) for v in variants if v["name"] == "dense"), 0.0)
-    parts = []
-    for variant in variants:
-        if variant["name"] == "dense":
-            continue
-        kind = variant["name"].replace("sparse, ", "")
-        if variant.get("speedup") is None:
-            parts.append(f"{kind}: not measured ({variant.get('error', 'unavailable')})")
-        else:
-            noise = base_spread + variant.get("spread", 0.0)  # relative IQRs of both timings
-            if variant["speedup"] >= max(SPEEDUP_THRESHOLD, 1.0 + noise):
-                parts.append(f"{variant['speedup']:.2f}x faster with {kind} on this {device}")
-            else:
-                within = f", within timing noise +-{noise:.0%}" if noise >= SPEEDUP_THRESHOLD - 1.0 else ""
-                parts.append(f"no speedup with {kind} on this {device} ({variant['speedup']:.2f}x{within})")
-    if not parts:
-        parts.append("latency not measured")
-    size = totals["bytes"]["float32"]["ratio"]
-    size_part = f"size {size:.2f}x with compressed=True (targeted weights, fp32; bf16 {totals['bytes']['bfloat16']['ratio']:.2f}x)"
-    return f"{head}: " + "; ".join(parts) + f"; {size_part}"
-
-
 def report(
     model: nn.Module,
     example_inputs: Optional[Inputs] = None,
@@ -350,7 +180,7 @@ def report(
         flops = count_flops(model, inputs)
         rows = _layer_rows(found, flops)
         totals = _totals(rows)
-        device = _device_of(model)
+        device = device_of(model)
         variants: list[dict[str, Any]] = []
         if measure:
             variants = _measure_all(model, found, inputs, totals, device, repeats, warmup, sparse_kernels, seed)
@@ -421,3 +251,20 @@ def _measure_all(
         name = variant["name"]
         variant["speedup"] = paired_speedup(times["dense"], times[name]) if "dense" in times and name in times else None
     return variants
+
+
+__all__ = [
+    "DTYPE_BYTES",
+    "SPEEDUP_THRESHOLD",
+    "SizeSpeedReport",
+    "compressed_bytes",
+    "count_flops",
+    "densified_copy",
+    "make_example_inputs",
+    "measure_latencies",
+    "measure_latency",
+    "measure_times",
+    "relative_spread",
+    "report",
+    "verdict",
+]

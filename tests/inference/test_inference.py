@@ -391,7 +391,7 @@ def test_chained_consumer_is_timed_on_the_producers_layout(sparse_bert):
     assert by_name["bert.encoder.layer.0.intermediate.dense"].timed_layout == "in:tokens-major/out:features-major"
     assert by_name["bert.encoder.layer.0.output.dense"].timed_layout == "in:features-major/out:tokens-major"
     assert by_name["bert.encoder.layer.0.attention.self.query"].timed_layout == "in:tokens-major/out:tokens-major"
-    from hf_sparse.inference.convert import _transposed_layout
+    from hf_sparse.inference.surgery import transposed_layout as _transposed_layout
 
     x = torch.randn(2, 3, 4)
     xt = _transposed_layout(x)
@@ -472,21 +472,6 @@ def test_spmm_kernel_hands_few_tokens_to_mkl_and_stays_exact(tokens):
     assert called == ([pad(128), 72] if tokens == 200 else [pad(tokens)] if tokens >= sparse_linear.SPMM_MIN_TOKENS else [])
     with torch.no_grad():
         assert (got - dense(x)).abs().max() < 1e-5
-
-
-def test_timer_stops_early_only_when_the_winner_is_clear():
-    import time
-
-    from hf_sparse.inference.timing import interleaved_timer, winner_is_clear as _clear
-
-    assert _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [2.0] * 3})  # 1/2 < 0.7
-    assert not _clear({"dense": [3.0] * 3, "spmm": [1.0] * 3, "mkl": [1.2] * 3})  # runner-up close
-    assert not _clear({"dense": [1.0] * 3})
-    timer = interleaved_timer(repeats=7, budget_s=10.0)
-    clear = timer("x", {"slow": lambda: time.sleep(0.01), "fast": lambda: None})
-    assert len(clear["fast"]) == len(clear["slow"]) == 3
-    close = timer("x", {"a": lambda: time.sleep(0.005), "b": lambda: time.sleep(0.005)})
-    assert len(close["a"]) == len(close["b"]) == 7
 
 
 def test_a_failure_after_the_layer_choice_leaves_the_model_dense(sparse_bert):
