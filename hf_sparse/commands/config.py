@@ -1,26 +1,60 @@
-"""``python -m hf_sparse config``: print a validated SparsityConfig as JSON (defaults or from a file)."""
+"""``python -m hf_sparse config [PATH] [--method NAME] [--explain] [--methods [--readme FILE]]``: print a validated config or the methods' options.
+
+The config is printed as JSON with its ``method_args`` complete (every option of the method, the
+defaults included); ``--explain`` describes the method's options instead; ``--methods`` prints the
+methods table (the README's, generated from each method's ``Args`` dataclass) and ``--readme FILE``
+rewrites that table in FILE.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from ..config import SparsityConfig
+import json
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("config", help="validate and print a sparsity config")
+    parser = subparsers.add_parser("config", help="validate and print a sparsity config, or the methods' options")
     parser.add_argument("path", nargs="?", help="sparsity_config.json or a folder holding one")
+    parser.add_argument("--method", help="print the default config of this method (with a PATH: override its method)")
+    parser.add_argument("--explain", action="store_true", help="describe the config's method and its method_args")
+    parser.add_argument("--methods", action="store_true", help="print the methods table (markdown)")
+    parser.add_argument("--readme", help="with --methods: rewrite the generated table in this README file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
+    from ..config import SparsityConfig
+    from ..io.files import atomic_write_text
+    from ..methods.settings import describe_method, methods_table, replace_table, resolved_method_args
+    from ..registry import available_methods, get_method_class
 
+    if args.readme and not args.methods:
+        raise ValueError("--readme FILE rewrites the methods table: give --methods too")
+    if args.methods:
+        table = methods_table([get_method_class(name) for name in available_methods()])
+        if args.readme:
+            with open(args.readme, encoding="utf-8") as handle:
+                text = handle.read()
+            atomic_write_text(args.readme, replace_table(text, table))
+            print(f"methods table written to {args.readme}")
+        else:
+            print(table)
+        return 0
     if args.path is None:
-        config = SparsityConfig()
+        fields = {}
     elif os.path.isdir(args.path):
-        config = SparsityConfig.from_pretrained(args.path)
+        fields = SparsityConfig.from_pretrained(args.path).to_dict()
     else:
-        config = SparsityConfig.from_json_file(args.path)
-    print(config.to_json_string(), end="")
+        fields = SparsityConfig.from_json_file(args.path).to_dict()
+    if args.method is not None and args.method != fields.get("method"):
+        fields = {**fields, "method": args.method, "method_args": {}}  # another method's options do not carry over
+    config = SparsityConfig.from_dict(fields)
+    method_class = get_method_class(config.method)
+    if args.explain:
+        print(describe_method(method_class))
+        return 0
+    data = config.to_dict()
+    data["method_args"] = resolved_method_args(method_class, config.method_args)
+    print(json.dumps(data, indent=2, sort_keys=True))
     return 0

@@ -62,6 +62,9 @@ class ACDC(PruningMethod):
     """Alternating sparse/dense phases; masks from magnitude at each sparse phase start."""
 
     Args = ACDCArgs
+    summary = ("dense warm-up, alternating sparse/dense phases (masks from magnitude at each sparse start; dense "
+               "phases retrain pruned weights from 0), long final sparse phase")
+    paper = "Peste et al. 2021, *AC/DC: Alternating Compressed/DeCompressed Training of Deep Neural Networks*"
     #: Dense phases train pruned weights back: frozen targets (a LoRA base) cannot do that, and their
     #: zeros would not be recoverable from the masks on resume.
     needs_trainable_targets: ClassVar[bool] = True

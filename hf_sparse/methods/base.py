@@ -7,14 +7,14 @@ the start of training, and ``update_masks`` on steps where ``is_update_step`` is
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Union
 
 import torch
 
 from ..core.allocation import Allocation
 from .schedules import UpdateSteps
+from .settings import parse_method_args
 from ..core.targets import Target
 
 if TYPE_CHECKING:
@@ -33,7 +33,13 @@ class PruningMethod:
     """Base class. Subclasses set ``Args`` (a dataclass of ``method_args``) and override hooks."""
 
     name: ClassVar[str] = "base"
+    #: The method's options (``method_args``): a dataclass whose fields carry a type, a default and
+    #: ``metadata={"help": ...}``; ``config`` and the README's methods table are generated from it.
     Args: ClassVar[type] = NoArgs
+    #: One line for the README's methods table and ``python -m hf_sparse config --methods``.
+    summary: ClassVar[str] = ""
+    #: The paper the method follows, by title ("" when none).
+    paper: ClassVar[str] = ""
     supports_nm: ClassVar[bool] = True
     #: Whether update steps need the dense gradient of every targeted weight (RigL-style growth).
     needs_gradients: ClassVar[bool] = False
@@ -45,15 +51,9 @@ class PruningMethod:
 
     # -- validation at the config boundary ----------------------------------------------------
     @classmethod
-    def parse_args(cls, method_args: Mapping[str, Any]) -> Any:
-        valid = [f.name for f in dataclasses.fields(cls.Args)]
-        unknown = sorted(set(method_args) - set(valid))
-        if unknown:
-            raise ValueError(f"method {cls.name!r}: unknown method_args {unknown}; valid keys: {valid}")
-        try:
-            return cls.Args(**method_args)
-        except TypeError as err:  # a dataclass raises TypeError for bad keyword use
-            raise ValueError(f"method {cls.name!r}: bad method_args: {err}") from err
+    def parse_args(cls, method_args: Union[Mapping[str, Any], str, None]) -> Any:
+        """``method_args`` (a dict or a JSON string) checked against ``Args`` and built (``methods.settings``)."""
+        return parse_method_args(cls, method_args)
 
     @classmethod
     def validate_config(cls, config: "SparsityConfig") -> None:

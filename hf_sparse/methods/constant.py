@@ -47,6 +47,7 @@ class Constant(PruningMethod):
     """
 
     Args = ConstantArgs
+    summary = "keep the masks the model already has, fixed (fine-tune a sparse checkpoint)"
 
     def __init__(self, config: "SparsityConfig", targets: list) -> None:
         super().__init__(config, targets)

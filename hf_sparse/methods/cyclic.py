@@ -13,7 +13,7 @@ After the cycles, normal drop-and-grow (RigL) runs at ``d_min`` until ``end``; t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import torch
@@ -28,10 +28,16 @@ from .drop_and_grow import drop_and_grow_mask, drop_fraction_at
 class CyclicArgs:
     """``method_args`` of ``cyclic``."""
 
-    ratio: float = 3.0  # d_max / d_min
-    cycles: int = 2  # number of cosine cycles in the cycle window
-    cycle_fraction: float = 0.5  # share of the [start, end] update window spent cycling
-    drop_fraction: float = 0.3  # drop-and-grow phase: share of kept weights swapped, cosine-decayed to 0 at end
+    ratio: float = field(default=3.0, metadata={"help": "d_max / d_min (>= 1): how far the density rises in a cycle."})
+    cycles: int = field(default=2, metadata={"help": "Number of cosine cycles in the cycle window (>= 0)."})
+    cycle_fraction: float = field(
+        default=0.5, metadata={"help": "Share of the [start, end] update window spent cycling, in [0, 1]."}
+    )
+    drop_fraction: float = field(
+        default=0.3,
+        metadata={"help": "Drop-and-grow phase: share of kept weights swapped per update, in [0, 1), cosine-decayed "
+                          "to 0 at end."},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or self.ratio < 1:
@@ -66,6 +72,9 @@ class Cyclic(PruningMethod):
     """Cyclic sparsity then drop-and-grow; sparse from step 0 (magnitude masks at ``d_min``)."""
 
     Args = CyclicArgs
+    summary = ("density follows cosine cycles between `d_min = 1 - sparsity` and `ratio * d_min` (prune by magnitude "
+               "as it falls, grow by gradient as it rises), then RigL drop-and-grow")
+    paper = "EAST: *Pushing the limits of sparsity*"
     supports_nm = False
     needs_gradients = True
 

@@ -291,6 +291,9 @@ class DropAndGrow(PruningMethod):
 class SET(DropAndGrow):
     """SET (Mocanu et al. 2018): drop smallest |w|, grow uniformly at random (seeded, same on every rank)."""
 
+    summary = "constant density; drop smallest |w|, grow at random (seeded)"
+    paper = "Mocanu et al. 2018, *Scalable training of artificial neural networks with adaptive sparse connectivity*"
+
     def grow_scores(self, name, weight, mask, grad):
         return random_scores(mask, self.generator)
 
@@ -298,6 +301,9 @@ class SET(DropAndGrow):
 @register_method("rigl")
 class RigL(DropAndGrow):
     """RigL (Evci et al. 2020, "Rigging the Lottery"): drop smallest |w|, grow largest dense |g|."""
+
+    summary = "constant density; drop smallest |w|, grow largest dense |gradient|"
+    paper = "Evci et al. 2020, *Rigging the Lottery: Making All Tickets Winners*"
 
     needs_gradients = True
 
@@ -315,6 +321,8 @@ class DSTEE(DropAndGrow):
     """
 
     Args = DSTEEArgs
+    summary = "as RigL plus an exploration bonus for rarely active weights"
+    paper = "Huang et al. 2023, *Dynamic Sparse Training via Balancing the Exploration-Exploitation Trade-off*"
     needs_gradients = True
 
     def __init__(self, config: "SparsityConfig", targets: list) -> None:

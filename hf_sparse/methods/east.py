@@ -10,7 +10,7 @@ model's conv weights, and the owned weights get the matching higher density.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..registry import register_method
@@ -21,11 +21,13 @@ from .cyclic import Cyclic, CyclicArgs
 class EASTArgs(CyclicArgs):
     """``method_args`` of ``east``: the cyclic options plus the two architectural tricks."""
 
-    dyrelu: bool = True
-    dyrelu_start: float = 0.25
-    dyrelu_end: float = 0.5
-    dyrelu_reduction: int = 4
-    weight_sharing: bool = True
+    dyrelu: bool = field(default=True, metadata={"help": "Swap ReLUs for DyReLUs phased out to plain ReLUs."})
+    dyrelu_start: float = field(default=0.25, metadata={"help": "Fraction of the run where DyReLU's beta starts to fall."})
+    dyrelu_end: float = field(default=0.5, metadata={"help": "Fraction of the run where beta reaches 0 (a plain ReLU)."})
+    dyrelu_reduction: int = field(default=4, metadata={"help": "Channel reduction (>= 1) of DyReLU's coefficient MLP."})
+    weight_sharing: bool = field(
+        default=True, metadata={"help": "Blocks 3.. of each ResNet stage share block 2's convs (counted once)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,6 +47,9 @@ class EAST(Cyclic):
     """Cyclic sparsity whose budget counts shared weights once per use; see the module docstring."""
 
     Args = EASTArgs
+    summary = ("`cyclic` + DyReLU phasing + ResNet weight sharing; `hf_sparse.vision.east_config(sparsity)` sets "
+               "the recipe defaults")
+    paper = "EAST: *Pushing the limits of sparsity*"
     fsdp_refusal = (
         "east makes ResNet blocks share conv weights (FSDP2 cannot shard one parameter used by several "
         "FSDP groups) and swaps activations on the model at the end of training; train it with DDP"

@@ -111,6 +111,9 @@ class GMP(MagnitudePruning):
     """
 
     Args = GMPArgs
+    summary = ("gradual pruning on a cubic schedule; `criterion` `magnitude` (smallest |w|) or `fisher` "
+               "(smallest w² F, the recipe's choice)")
+    paper = "Zhu & Gupta 2017, *To prune, or not to prune*; GMP*: Kurtic & Alistarh 2022"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -197,6 +200,8 @@ class GMP(MagnitudePruning):
 @register_method("oneshot")
 class OneShot(MagnitudePruning):
     """Prune once to ``sparsity`` at ``start`` (magnitude), then keep the mask fixed."""
+
+    summary = "prune once at `start` by magnitude, keep the mask"
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
