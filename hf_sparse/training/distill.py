@@ -3,7 +3,9 @@ Kurtic et al. 2022 and the seed paper): the sparse student matches the teacher's
 
     loss = (1 - alpha) * task_loss + alpha * T**2 * KL(softmax(teacher / T) || softmax(student / T))
 
-The T**2 factor keeps the soft-target gradients on the scale of the task loss when T changes.
+The T**2 factor keeps the soft-target gradients on the scale of the task loss when T changes. For
+per-token logits (token classification) the KL is averaged over the positions the task loss counts
+(``kd_mask``): padding and unlabelled sub-tokens would otherwise dilute it by the batch's padding.
 """
 
 from __future__ import annotations
@@ -54,20 +56,58 @@ class DistillationConfig:
             )
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    """T**2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over every logit vector.
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 2.0,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """T**2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the logit vectors that count.
 
     Logits of any shape ``(..., classes)`` (sequence classification or per token); computed in
-    fp32 so bf16 autocast does not degrade the softmax.
+    fp32 so bf16 autocast does not degrade the softmax. ``mask`` (shape ``(...)``, true where a vector
+    counts) leaves out padding and positions without a label: per-token distillation then averages
+    over real tokens only, as the task loss does (``kd_mask``). A mask with no true position gives 0.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
         )
     classes = student_logits.shape[-1]
-    student = F.log_softmax(student_logits.float().reshape(-1, classes) / temperature, dim=-1)
-    teacher = F.log_softmax(teacher_logits.float().reshape(-1, classes) / temperature, dim=-1)
+    student = student_logits.float().reshape(-1, classes)
+    teacher = teacher_logits.float().reshape(-1, classes)
+    if mask is not None:
+        if tuple(mask.shape) != tuple(student_logits.shape[:-1]):
+            raise ValueError(f"distillation mask {tuple(mask.shape)} does not fit logits {tuple(student_logits.shape)}")
+        keep = mask.reshape(-1).to(device=student.device, dtype=torch.bool)
+        if not bool(keep.any()):
+            return student.sum() * 0.0  # no position counts: 0, still attached to the graph
+        student, teacher = student[keep], teacher[keep]
+    student = F.log_softmax(student / temperature, dim=-1)
+    teacher = F.log_softmax(teacher / temperature, dim=-1)
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def kd_mask(
+    logits: torch.Tensor, labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None
+) -> Optional[torch.Tensor]:
+    """Which logit vectors the distillation term averages over (None: all of them).
+
+    One vector per example (sequence classification): all. Per token: the positions with a label
+    (``labels != -100``, the positions the task loss counts: no padding, no special token, one
+    sub-token per word with transformers' token-classification recipe), else the real tokens of
+    ``attention_mask``. Without either, every position counts (a batch without padding).
+    """
+    if logits.dim() < 3:
+        return None
+    positions = tuple(logits.shape[:-1])
+    mask = None
+    if labels is not None and tuple(labels.shape) == positions and not labels.is_floating_point():
+        mask = labels != -100
+    if attention_mask is not None and tuple(attention_mask.shape) == positions:
+        real = attention_mask.to(torch.bool)
+        mask = real if mask is None else mask & real
+    return mask
 
 
 def hidden_states_loss(
@@ -94,10 +134,14 @@ def hidden_states_loss(
 
 
 def distillation_loss(
-    task_loss: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor, config: DistillationConfig
+    task_loss: torch.Tensor,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    config: DistillationConfig,
+    mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """(1 - alpha) * task_loss + alpha * kd_loss."""
-    soft = kd_loss(student_logits, teacher_logits.to(student_logits.device), config.temperature)
+    """(1 - alpha) * task_loss + alpha * kd_loss (over the positions of ``mask``, see ``kd_mask``)."""
+    soft = kd_loss(student_logits, teacher_logits.to(student_logits.device), config.temperature, mask)
     if config.alpha >= 1.0:
         return soft
     return (1.0 - config.alpha) * task_loss + config.alpha * soft

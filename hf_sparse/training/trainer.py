@@ -18,8 +18,8 @@ from .callback import SparsityCallback
 from ..io.training_state import has_sparsity_state, load_sparsity_state, write_state
 from ..config import SparsityConfig
 from .diagnostics import UnderTrainingCallback
-from .distill import DistillationConfig, distillation_loss, hidden_states_loss
-from .teacher_cache import TEACHER_LOGITS, with_teacher_logits
+from .distill import DistillationConfig, distillation_loss, hidden_states_loss, kd_mask
+from .teacher_cache import TEACHER_LOGITS, CachedLogitsCollator, with_teacher_logits
 from . import fsdp
 from .lr_schedules import RewindingLambda, pruning_steps_of, rewinding_scheduler
 from .run_changes import RunChangesCallback, describe_run_changes
@@ -168,7 +168,8 @@ class SparseTrainer(Trainer):
             with torch.no_grad(), self.accelerator.autocast():
                 teacher_outputs = self.teacher_model(**teacher_inputs)
             cached = teacher_outputs[key]
-        loss = distillation_loss(loss, outputs[key], cached, self.distillation)
+        mask = kd_mask(outputs[key], inputs.get("labels"), inputs.get("attention_mask"))  # per token: real, labelled
+        loss = distillation_loss(loss, outputs[key], cached, self.distillation, mask)
         if layerwise:
             loss = loss + self.distillation.hidden_states_weight * hidden_states_loss(
                 outputs["hidden_states"], teacher_outputs["hidden_states"], inputs.get("attention_mask")
@@ -190,6 +191,9 @@ class SparseTrainer(Trainer):
             batch_size=self.args.per_device_eval_batch_size, device=self.args.device, autocast=self.accelerator.autocast,
             show_progress=not self.args.disable_tqdm and self.is_local_process_zero(),
         )
+        cached = TEACHER_LOGITS in getattr(self.train_dataset, "column_names", ())
+        if cached and not isinstance(self.data_collator, CachedLogitsCollator):
+            self.data_collator = CachedLogitsCollator(self.data_collator)  # the column becomes batch tensors
 
     def _set_signature_columns_if_needed(self) -> None:
         """The cached teacher logits are a column the Trainer must keep, though no model input."""

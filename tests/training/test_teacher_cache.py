@@ -99,27 +99,24 @@ def test_asking_for_the_cache_where_it_cannot_work_is_an_error(tmp_path):
         DistillationConfig(cache_teacher_logits="yes")
 
 
-def test_per_token_logits_are_not_cached(tmp_path):
-    from transformers import BertConfig, BertForTokenClassification
+def test_logits_of_no_known_shape_or_too_many_are_not_cached(tmp_path):
+    from hf_sparse.training import teacher_cache
 
-    def token_model(seed):
-        torch.manual_seed(seed)
-        config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=16, num_labels=3)
-        return BertForTokenClassification(config)
-
-    pairs = PairDataset(n=16)
-    data = datasets.Dataset.from_dict({"input_ids": pairs.ids.tolist(), "labels": (pairs.ids % 3).tolist()})
-
-    def build(cache, path):
-        return SparseTrainer(
-            model=token_model(0), args=training_args(path, max_steps=2), train_dataset=data,
-            sparsity_config=SparsityConfig(sparsity=0.5, start=1, end=1, recipe="none"),
-            teacher_model=token_model(1), distillation=DistillationConfig(cache_teacher_logits=cache),
+    trainer, _ = _trainer(tmp_path, cache=None)
+    inputs = trainer._remove_unused_columns(_dataset(), description="test")
+    args = (inputs, default_data_collator, 16, torch.device("cpu"))
+    assert teacher_cache.teacher_logits(trainer.teacher_model, *args, show_progress=False).shape == (40, 2)
+    assert teacher_cache.teacher_logits(trainer.teacher_model, *args, show_progress=False, max_floats=79) is None
+    with pytest.raises(ValueError, match="cannot be honoured"):
+        teacher_cache.with_teacher_logits(
+            _dataset(), _ScalarTeacher(), default_data_collator, DistillationConfig(cache_teacher_logits=True),
+            model_inputs=lambda d: d.remove_columns("text"), batch_size=8, device=torch.device("cpu"),
+            show_progress=False,
         )  # fmt: skip
 
-    auto = build(None, tmp_path / "a")
-    auto.train()  # falls back to the teacher at every step
-    assert TEACHER_LOGITS not in auto.train_dataset.column_names
-    with pytest.raises(ValueError, match="one vector per example"):
-        build(True, tmp_path / "b").train()
+
+class _ScalarTeacher(torch.nn.Module):
+    """Logits of one number per example: neither per example (2-d) nor per token (3-d)."""
+
+    def forward(self, input_ids, attention_mask=None):
+        return {"logits": input_ids.float().sum(-1)}
