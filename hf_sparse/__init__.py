@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "PruningMethod": ".methods.base",
     "SizeSpeedReport": ".reporting.size_speed",
     "SparseTrainer": ".training.trainer",
+    "SparsityArguments": ".training.arguments",
     "Sparsifier": ".core.sparsifier",
     "SparsityCallback": ".training.callback",
     "SparsityConfig": ".config",
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "sparsity_report": ".reporting.sparsity_report",
     "to_semi_structured": ".inference.semi_structured",
     "to_sparse_inference": ".inference.convert",
+    "train_dense_then_sparse": ".training.two_stage",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -84,4 +86,6 @@ if TYPE_CHECKING:  # eager imports for type checkers and IDEs only
     from .training.callback import SparsityCallback
     from .training.distill import DistillationConfig
     from .training.presets import available_presets, recommend_schedule_scale
+    from .training.arguments import SparsityArguments
     from .training.trainer import SparseTrainer
+    from .training.two_stage import train_dense_then_sparse
