@@ -43,6 +43,11 @@ DATA = os.path.join(ROOT, "examples", "glue", "data")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 RUNS_FILE = os.path.join(RESULTS, "main_job_runs.jsonl")
 TEST_FILE = os.path.join(DATA, "rotten_tomatoes_test.csv")
+SETTINGS = {  # setting -> data flags; "full": all 8,820 training sentences (deliverable: how the gap moves with data)
+    "main": [],
+    "full": ["--train_file", os.path.join(DATA, "rotten_tomatoes_full_train.csv"),
+             "--validation_file", os.path.join(DATA, "rotten_tomatoes_validation.csv")],
+}
 CONTINUATION_EPOCHS = "6"  # the sparse stage's length at 80/90% (recipe 3x of the dense 2 epochs)
 
 # row -> (flags after the common ones, needs the dense run of the same seed)
@@ -97,9 +102,10 @@ def predict(folder: str, sentences: list[str], batch_size: int = 64) -> np.ndarr
     return predictions
 
 
-def run_row(name: str, seed: int, work_dir: str) -> dict:
+def run_row(name: str, seed: int, work_dir: str, setting: str = "main") -> dict:
     flags, needs_dense = ROWS[name]
-    seed_dir = os.path.join(work_dir, f"seed{seed}")
+    flags = [*SETTINGS[setting], *flags]
+    seed_dir = os.path.join(work_dir, *([] if setting == "main" else [setting]), f"seed{seed}")
     dense_dir = os.path.join(seed_dir, "dense")
     if needs_dense and not os.path.isfile(os.path.join(dense_dir, "config.json")):
         raise FileNotFoundError(f"{name} needs the dense run of seed {seed} in {dense_dir}: run --row dense first")
@@ -115,8 +121,8 @@ def run_row(name: str, seed: int, work_dir: str) -> dict:
     sentences, labels, digest = read_test()
     predictions = predict(output_dir, sentences)
     return {
-        "row": name, "seed": seed, "setting": "main",
-        "rerun": f"python benchmarks/main_job.py --row {name} --seed {seed}",
+        "row": name, "seed": seed, "setting": setting,
+        "rerun": f"python benchmarks/main_job.py --row {name} --seed {seed} --setting {setting}",
         "argv": ["python", *[os.path.relpath(a, ROOT) if a.startswith(ROOT) else a for a in argv[1:]]],
         "hf_sparse": hf_sparse.__version__, "git": git_commit(), "python": platform.python_version(),
         "torch": version_of("torch"), "transformers": version_of("transformers"),
@@ -168,8 +174,15 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f}{sd}"
 
 
-def report() -> None:
-    runs = [r for r in read_runs() if r.get("setting") == "main"]
+SETTING_TEXT = {
+    "main": ("main_job", "Main job", "3,000 training sentences (train set)"),
+    "full": ("main_job_full", "Whole training set", "all 8,820 training sentences (train set)"),
+}
+
+
+def report(setting: str = "main") -> None:
+    runs = [r for r in read_runs() if r.get("setting") == setting]
+    stem, title, train_text = SETTING_TEXT[setting]
     _, labels, digest = read_test()
     runs = [r for r in runs if r["test_sha256"] == digest]  # rows on another test file are not comparable
     if not runs:
@@ -177,11 +190,11 @@ def report() -> None:
         return
     seeds_of = {row: sorted({r["seed"] for r in runs if r["row"] == row}) for row in ROWS}
     lines = [
-        "# Main job: sparse vs the best dense reference (test set, 2,525 sentences never used for a choice)",
+        f"# {title}: sparse vs the best dense reference (test set, 2,525 sentences never used for a choice)",
         "",
-        "all-MiniLM-L6-v2, 3,000 training sentences (train set), the default recipe with distillation from the",
+        f"all-MiniLM-L6-v2, {train_text}, the default recipe with distillation from the",
         "2-epoch dense model. Accuracy on the dev sample (600, what run.py prints) and on test; mean +- sd over seeds.",
-        "Rerun any cell: `python benchmarks/main_job.py --row ROW --seed SEED` (raw rows: main_job_runs.jsonl).",
+        f"Rerun any cell: `python benchmarks/main_job.py --row ROW --seed SEED --setting {setting}` (raw rows: main_job_runs.jsonl).",
         "",
         "| row | seeds | dev accuracy | test accuracy | train (s, mean) |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -216,13 +229,13 @@ def report() -> None:
     if missing:
         lines += ["", f"Not yet measured: {', '.join(missing)}; a gap is only against the references measured on the same seeds."]
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(RESULTS, "main_job.md"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(RESULTS, f"{stem}.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     print(text)
-    plot(plot_rows)
+    plot(plot_rows, stem, title)
 
 
-def plot(rows: list) -> None:
+def plot(rows: list, stem: str, title: str) -> None:
     if not rows:
         return
     import matplotlib
@@ -240,9 +253,9 @@ def plot(rows: list) -> None:
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{row}\nvs {best} ({gap.seeds} seeds)" for row, best, gap in rows])
     ax.set_xlabel("test accuracy gap to the best dense (points), 95% CI; red: goal")
-    ax.set_title("Main job: sparse vs best dense reference")
+    ax.set_title(f"{title}: sparse vs best dense reference")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "main_job.png"), dpi=120)
+    fig.savefig(os.path.join(RESULTS, f"{stem}.png"), dpi=120)
 
 
 def main() -> None:
@@ -251,6 +264,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--rows", nargs="*", choices=list(ROWS), default=[])
     parser.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44, 45, 46])
+    parser.add_argument("--setting", choices=list(SETTINGS), default="main", help="which training data (see SETTINGS)")
     parser.add_argument("--work_dir", default="/tmp/hf_sparse_main_job", help="where run folders (and dense teachers) go")
     parser.add_argument("--report", action="store_true", help="only rebuild main_job.md/png from the raw rows")
     parser.add_argument("--force", action="store_true", help="run even if the row/seed is already recorded")
@@ -262,20 +276,23 @@ def main() -> None:
     else:
         todo = [(row, seed) for row in options.rows for seed in options.seeds]
     for row, seed in todo:
-        done = any(r["row"] == row and r["seed"] == seed and r.get("setting") == "main" for r in read_runs())
+        done = any(r["row"] == row and r["seed"] == seed and r.get("setting") == options.setting for r in read_runs())
         if done and not options.force:
             continue
-        if ROWS[row][1] and not os.path.isfile(os.path.join(options.work_dir, f"seed{seed}", "dense", "config.json")):
-            recorded = any(r["row"] == "dense" and r["seed"] == seed and r.get("setting") == "main" for r in read_runs())
-            dense = run_row("dense", seed, options.work_dir)  # the teacher this row starts from
+        seed_dir = os.path.join(options.work_dir, *([] if options.setting == "main" else [options.setting]), f"seed{seed}")
+        if ROWS[row][1] and not os.path.isfile(os.path.join(seed_dir, "dense", "config.json")):
+            recorded = any(r["row"] == "dense" and r["seed"] == seed and r.get("setting") == options.setting
+                           for r in read_runs())
+            dense = run_row("dense", seed, options.work_dir, options.setting)  # the teacher this row starts from
             if not recorded:
                 append_run(dense)
-        result = run_row(row, seed, options.work_dir)
+        result = run_row(row, seed, options.work_dir, options.setting)
         append_run(result)
         print(f"{row} seed {seed}: dev {result['dev_accuracy']:.4f}, test {result['test_accuracy']:.4f} "
               f"({result['wall_s']:.0f} s)", flush=True)
     if todo or options.report:
-        report()
+        for setting in SETTINGS:
+            report(setting)
 
 
 if __name__ == "__main__":
