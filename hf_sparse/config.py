@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .io.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "sparsity_config.json"
 AUTO = "auto"
@@ -293,3 +296,19 @@ def _copy(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_copy(v) for v in value]
     return value
+
+
+def as_sparsity_config(value: Union[SparsityConfig, dict, str, os.PathLike, None]) -> SparsityConfig:
+    """The one reading of what a user passes as a sparsity config: a ``SparsityConfig``, a dict, a
+    ``sparsity_config.json`` path or a folder holding one; ``None`` means the defaults."""
+    if value is None:
+        logger.info("no sparsity_config given, using SparsityConfig() defaults")
+        return SparsityConfig()
+    if isinstance(value, SparsityConfig):
+        return value
+    if isinstance(value, dict):
+        return SparsityConfig.from_dict(value)
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        return SparsityConfig.from_pretrained(path) if os.path.isdir(path) else SparsityConfig.from_json_file(path)
+    raise TypeError(f"sparsity_config must be a SparsityConfig, dict or JSON path, got {type(value).__name__}")

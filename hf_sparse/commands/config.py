@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import SparsityConfig
+    from ..config import SparsityConfig, as_sparsity_config
     from ..io.files import atomic_write_text
     from ..methods.settings import describe_method, methods_table, replace_table, resolved_method_args
     from ..registry import available_methods, get_method_class
@@ -41,12 +40,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(table)
         return 0
-    if args.path is None:
-        fields = {}
-    elif os.path.isdir(args.path):
-        fields = SparsityConfig.from_pretrained(args.path).to_dict()
-    else:
-        fields = SparsityConfig.from_json_file(args.path).to_dict()
+    fields = {} if args.path is None else as_sparsity_config(args.path).to_dict()
     if args.method is not None and args.method != fields.get("method"):
         fields = {**fields, "method": args.method, "method_args": {}}  # another method's options do not carry over
     config = SparsityConfig.from_dict(fields)

@@ -18,8 +18,15 @@ import torch.distributed as dist
 from .reduction import LOCAL, GroupReduction, Reduction
 
 
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group; ``(0, 1)`` when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return rank_and_world()[1]
 
 
 def broadcast_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,3 +32,12 @@ class SparsityCallback(TrainerCallback):
         self.sparsifier.after_optimizer_step(
             state.global_step + 1, kwargs.get("optimizer"), skipped=self.step_was_skipped()
         )
+
+
+def sparsity_logs(sparsifier: Sparsifier) -> dict[str, float]:
+    """What each Trainer log line gains: current and target sparsity, and the last mask update's figures
+    (reported once, then cleared)."""
+    logs = {"sparsity": round(sparsifier.sparsity, 6), "target_sparsity": round(sparsifier.target_sparsity(), 6)}
+    logs.update(sparsifier.last_update_logs)
+    sparsifier.last_update_logs = {}
+    return logs

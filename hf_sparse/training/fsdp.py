@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch.distributed as dist
 
+from ..core.distributed import rank_and_world
 from ..io.training_state import has_sparsity_state, load_sparsity_state, save_sparsity_state
 
 if TYPE_CHECKING:
@@ -56,43 +57,36 @@ def is_fsdp2(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_fsdp_enabled", False)) and bool(getattr(trainer.accelerator, "is_fsdp2", False))
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def rank_dir(checkpoint: str, rank: int, world: int) -> str:
     return os.path.join(checkpoint, SHARDS_DIR, f"rank-{rank:05d}-of-{world:05d}")
 
 
 def save_model(trainer: "SparseTrainer", output_dir: str, internal: bool) -> None:
-    """``Trainer.save_model`` under FSDP2 (every rank calls it; the collectives need them all)."""
+    """``Trainer.save_model`` under FSDP2 (every rank calls it; the collectives need them all), and the push
+    to the Hub it asks for."""
     sparsifier = trainer.sparsifier
     sparsifier.bind()  # after evaluate() the root group may be unsharded: back to the shards
     config = trainer.sparsity_config.to_dict() if trainer.sparsity_config is not None else {}
     if internal:  # a checkpoint: this rank's masks and method state, for resuming
-        rank, world = _world()
+        rank, world = rank_and_world()
         save_sparsity_state(rank_dir(output_dir, rank, world), sparsifier.state_dict(), config)
         if "SHARDED_STATE_DICT" in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
             return  # the Trainer writes the sharded model and optimizer itself (pytorch_model_fsdp_0/)
     state_dict = trainer.accelerator.get_state_dict(trainer.model)  # whole weights on rank 0 (CPU)
-    trainer._gathered_sparsity_state = sparsifier.full_state_dict()
-    try:
-        trainer._save(output_dir, state_dict=state_dict)
-    finally:
-        trainer._gathered_sparsity_state = None
+    trainer.save_checkpoint_files(output_dir, state_dict=state_dict, sparsity_state=sparsifier.full_state_dict())
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the folder is complete before any rank reads it
+    if trainer.args.push_to_hub and not internal:
+        trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
 
 
-def load_rank_state(trainer: "SparseTrainer", checkpoint: str) -> bool:
-    """Restore this rank's masks from ``checkpoint``; False when it holds none for this world size."""
-    rank, world = _world()
+def load_rank_state(engine: Any, checkpoint: str) -> bool:
+    """Restore this rank's masks into ``engine`` from ``checkpoint``; False when it holds none for this world size."""
+    rank, world = rank_and_world()
     directory = rank_dir(checkpoint, rank, world)
     if has_sparsity_state(directory):
         state, _ = load_sparsity_state(directory)
-        trainer.sparsifier.load_state_dict(state)
+        engine.load_state_dict(state)
         return True
     shards = os.path.join(checkpoint, SHARDS_DIR)
     if os.path.isdir(shards) and not has_sparsity_state(checkpoint):

@@ -48,3 +48,14 @@ class RunChangesCallback(TrainerCallback):
         if any("recipe" in entry for entry in state.log_history):
             return
         state.log_history.append({"step": state.global_step, "recipe": self.recipe, "recipe_changes": list(self.lines)})
+
+
+def announce_run_changes(config: Any, args_before: Any, args_after: Any) -> RunChangesCallback:
+    """Warn once about the changes (if any) and return the callback that records them in the run's logs."""
+    lines = describe_run_changes(config, args_before, args_after)
+    if lines:
+        logger.warning(
+            "hf_sparse changed your run for sparse training (SparsityConfig(recipe='none') keeps exactly your "
+            "TrainingArguments):\n  %s", "\n  ".join(lines),
+        )
+    return RunChangesCallback(config.recipe if config is not None else None, lines)

@@ -1,0 +1,37 @@
+"""One Trainer checkpoint folder as one transaction: the Trainer's files plus the masks and resume state.
+
+Everything is written into a staging folder (the weights with hf_sparse's header in their first write,
+one masks file, one state file), checked, then swapped in (``hf_sparse.io.files.save_transaction``):
+an interrupted save leaves the previous checkpoint in ``output_dir`` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+from ..io.files import new_save_id, save_transaction
+from ..io.folder import inspect_folder
+from ..io.save import replaced_by_a_save, write_dense_checkpoint
+from ..io.training_state import write_state
+
+
+def _verify(staging: str) -> None:
+    if os.path.isfile(os.path.join(staging, "model.safetensors")) or os.path.isfile(
+        os.path.join(staging, "model.safetensors.index.json")
+    ):
+        inspect_folder(staging)
+
+
+def save_checkpoint(
+    output_dir: str, write_trainer_files: Callable[[str], None], sparsity_state: dict, config: Optional[Any]
+) -> None:
+    """Write ``output_dir`` transactionally. ``write_trainer_files(folder)`` is the Trainer's own ``_save``
+    into the staging folder; ``sparsity_state`` is the engine's ``state_dict()`` (whole masks under FSDP2);
+    ``config`` the run's ``SparsityConfig`` or None."""
+    config_dict = config.to_dict() if config is not None else None
+    save_id = new_save_id()
+    with save_transaction(output_dir, replaced_by_a_save, verify=_verify) as staging:
+        masks = {name: mask.detach().cpu() for name, mask in sparsity_state["masks"].items()}
+        write_dense_checkpoint(staging, lambda header: write_trainer_files(staging), masks, config_dict, save_id)
+        write_state(staging, sparsity_state, config_dict or {}, save_id)
