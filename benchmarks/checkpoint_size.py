@@ -24,8 +24,6 @@ from safetensors import safe_open
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hf_sparse  # noqa: E402
-from hf_sparse.core.masks import nm_mask, topk_mask  # noqa: E402
-from hf_sparse.core.targets import find_targets  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYOUTS = {"dense": False, "native": True, "compressed-tensors": "compressed-tensors"}
@@ -41,15 +39,10 @@ def build(hidden: int, layers: int, dtype: torch.dtype):
     return BertForSequenceClassification(config).to(dtype)
 
 
-@torch.no_grad()
 def prune(model, sparsity) -> list[str]:
-    names = []
-    for t in find_targets(model):
-        w = t.param
-        mask = nm_mask(w.abs(), 2, 4) if sparsity == "2:4" else topk_mask(w.abs(), int(round(w.numel() * (1 - sparsity))))
-        w.masked_fill_(~mask, 0.0)
-        names.append(t.name)
-    return names
+    """Magnitude one-shot pruning of the default targets (exact per-tensor counts); their names."""
+    masks = hf_sparse.prune(model, pattern="2:4") if sparsity == "2:4" else hf_sparse.prune(model, sparsity)
+    return list(masks)
 
 
 def linear_bytes(folder: str, targets: list[str]) -> int:

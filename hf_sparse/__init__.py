@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "load_masks": ".io.load",
     "load_sparse": ".io.load",
     "merge_and_unload": ".lora.merge",
+    "prune": ".oneshot.api",
     "push_to_hub": ".io.hub",
     "read_masks": ".io.existing_masks",
     "recommend_schedule_scale": ".training.presets",
@@ -50,7 +51,7 @@ __all__ = sorted(_EXPORTS)
 
 
 # subpackages and modules reachable as attributes after a bare ``import hf_sparse`` (``hf_sparse.io.load``)
-_SUBMODULES = ("commands", "config", "core", "inference", "io", "lora", "methods", "registry", "reporting", "training", "vision")
+_SUBMODULES = ("commands", "config", "core", "inference", "io", "lora", "methods", "oneshot", "registry", "reporting", "training", "vision")
 
 
 def __getattr__(name: str) -> Any:
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # eager imports for type checkers and IDEs only
     from .lora.merge import MergeResult, merge_and_unload
     from .lora.peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
     from .methods.base import PruningMethod
+    from .oneshot.api import prune
     from .registry import available_methods, get_method_class, register_method
     from .reporting.size_speed import SizeSpeedReport, report
     from .reporting.sparsity_report import SparsityReport, sparsity_report
