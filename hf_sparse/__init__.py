@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "SizeSpeedReport": ".reporting.size_speed",
     "SparseTrainer": ".training.trainer",
     "SparsityArguments": ".training.arguments",
-    "Sparsifier": ".core.sparsifier",
+    "Sparsifier": ".sparsifier",
     "SparsityCallback": ".training.callback",
     "SparsityConfig": ".config",
     "SparsityReport": ".reporting.sparsity_report",
@@ -71,7 +71,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # eager imports for type checkers and IDEs only
     from .config import SparsityConfig
-    from .core.sparsifier import Sparsifier
+    from .sparsifier import Sparsifier
     from .inference.convert import from_sparse_inference, to_sparse_inference
     from .inference.semi_structured import to_semi_structured
     from .io.existing_masks import read_masks

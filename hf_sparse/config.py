@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .core.choices import ALLOCATIONS, INITIAL_MASKS, LR_SHAPES  # noqa: F401  (public here too)
 from .io.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "sparsity_config.json"
 AUTO = "auto"
 RECIPES = ("auto", "none")
-ALLOCATIONS = ("uniform", "global", "erk")
-INITIAL_MASKS = ("auto", "dense", "zeros", "metadata")
 _NM_RE = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -156,8 +155,6 @@ class SparsityConfig:
 
     def _check_fine_tuning(self) -> None:
         """Schedule scale and LR rewinding (sparse-aware fine-tuning, shared/methods.md section 3)."""
-        from .training.lr_schedules import LR_SHAPES  # local: keeps config import-light
-
         scale = self.schedule_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 1.0:
             raise ValueError(f"schedule_scale must be a number >= 1 (1 = the run as given), got {scale!r}")

@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from .choices import ALLOCATIONS
 from .masks import count_kept, nm_mask, numel, threshold_masks, topk_mask
 from .targets import Target
 
@@ -59,8 +60,8 @@ class Allocation:
     """Per-tensor keep counts for an overall sparsity; one signature for every kind."""
 
     def __init__(self, kind: str, targets: Sequence[Target]):
-        if kind not in ("uniform", "global", "erk"):
-            raise ValueError(f"allocation must be one of ('uniform', 'global', 'erk'), got {kind!r}")
+        if kind not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {kind!r}")
         self.kind = kind
         self.targets = list(targets)
 

@@ -1,9 +1,11 @@
 """The mask engine: owns the masks, asks the method for new ones, keeps weights exactly sparse.
 
-Trainer-agnostic: ``SparsityCallback`` and ``SparseTrainer`` call it at the right moments,
-and a hand-written training loop can too::
+``MaskEngine`` receives a built method and a reader of the masks the model already carries; it looks
+up nothing by name (``hf_sparse.Sparsifier`` builds both from a ``SparsityConfig``). Trainer-agnostic:
+``SparsityCallback`` and ``SparseTrainer`` call it at the right moments, and a hand-written training
+loop can too::
 
-    sparsifier = Sparsifier(model, config); sparsifier.begin(total_steps)
+    sparsifier = hf_sparse.Sparsifier(model, config); sparsifier.begin(total_steps)
     for step in range(1, total_steps + 1):
         loss.backward(); sparsifier.prepare_gradients(step); optimizer.step()
         sparsifier.after_optimizer_step(step, optimizer)
@@ -17,31 +19,43 @@ masks are bitwise those of one process holding the whole model.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
 from . import distributed
-from ..config import SparsityConfig
-from ..io.existing_masks import ExistingMasks, log_masks, read_masks
 from .masks import all_kept, overall_sparsity
-from .reduction import LOCAL, Reduction, use
 from .optim_state import zero_state_where
-from ..registry import get_method_class
-from .targets import find_targets
+from .reduction import LOCAL, Reduction, use
+from .starting_masks import ExistingMasks, Masks, log_masks
+
+if TYPE_CHECKING:
+    from ..config import SparsityConfig
+    from ..methods.base import PruningMethod
 
 logger = logging.getLogger(__name__)
 
 
-class Sparsifier:
-    """Masks by parameter name (bool, True = kept) and the method that evolves them."""
+class MaskEngine:
+    """Masks by parameter name (bool, True = kept) and the method that evolves them.
 
-    def __init__(self, model: nn.Module, config: SparsityConfig):
+    ``method`` is built (its ``targets`` are the weights masked here); ``existing_masks()`` returns the
+    masks the model already carries (hf_sparse metadata) or None, and is called only if a fresh run
+    asks for them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: "SparsityConfig",
+        method: "PruningMethod",
+        existing_masks: Optional[Callable[[], Optional[Masks]]] = None,
+    ):
         self.config = config
-        self.targets = find_targets(model, config.targets, config.ignore)
+        self.method = method
+        self.targets = method.targets
         self.params: dict[str, nn.Parameter] = {t.name: t.param for t in self.targets}
-        self.method = get_method_class(config.method)(config, self.targets)
         self.masks: dict[str, torch.Tensor] = {
             name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()
         }
@@ -57,8 +71,7 @@ class Sparsifier:
         self._model = model
         #: LOCAL, or the FSDP2 shard group once ``bind`` finds sharded parameters.
         self.reduction: Reduction = LOCAL
-        # Masks the model already carries (hf_sparse metadata), read only if a fresh run asks for them.
-        self._read_metadata = lambda: read_masks(model)
+        self._read_metadata = existing_masks if existing_masks is not None else (lambda: None)
 
     # -- views ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:

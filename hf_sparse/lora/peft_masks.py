@@ -17,11 +17,11 @@ import torch
 from ..config import CONFIG_NAME
 from ..io.load import read_folder_masks
 from ..core.peft_layout import canonical_name
-from ..core.sparsifier import Sparsifier
+from ..core.sparsifier import MaskEngine
 
 Masks = dict[str, torch.Tensor]
 #: What may name base masks (see the module docstring).
-MaskSource = Union[None, Sparsifier, Mapping[str, torch.Tensor], str, os.PathLike, Any]
+MaskSource = Union[None, MaskEngine, Mapping[str, torch.Tensor], str, os.PathLike, Any]
 
 # The prefix PeftModel puts before the base model's names (LoRA and every other tuner model).
 PEFT_PREFIX = "base_model.model."
@@ -66,7 +66,7 @@ def collect_masks(source: MaskSource) -> tuple[Optional[Masks], Optional[str]]:
         return None, None
     pattern: Optional[str] = None
     sparsifier = getattr(source, "sparsifier", source)
-    if isinstance(sparsifier, Sparsifier):
+    if isinstance(sparsifier, MaskEngine):
         masks, pattern = sparsifier.masks, sparsifier.config.pattern
     elif isinstance(source, (str, os.PathLike)):
         if not os.path.isdir(source):

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import SparsityConfig, parse_nm
 from ..core.masks import nonzero_mask, overall_sparsity
 from ..core.patterns import common_pattern
-from ..core.sparsifier import Sparsifier
+from ..sparsifier import Sparsifier
 from ..core.peft_layout import base_prefix, canonical_name, tuner_layers
 from .peft_masks import Masks, MaskSource, collect_masks
 

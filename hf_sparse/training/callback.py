@@ -13,11 +13,11 @@ from typing import Callable, Optional
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..core.sparsifier import Sparsifier
+from ..core.sparsifier import MaskEngine
 
 
 class SparsityCallback(TrainerCallback):
-    def __init__(self, sparsifier: Sparsifier, step_was_skipped: Optional[Callable[[], bool]] = None):
+    def __init__(self, sparsifier: MaskEngine, step_was_skipped: Optional[Callable[[], bool]] = None):
         self.sparsifier = sparsifier
         self.step_was_skipped = step_was_skipped or (lambda: False)
 
@@ -34,7 +34,7 @@ class SparsityCallback(TrainerCallback):
         )
 
 
-def sparsity_logs(sparsifier: Sparsifier) -> dict[str, float]:
+def sparsity_logs(sparsifier: MaskEngine) -> dict[str, float]:
     """What each Trainer log line gains: current and target sparsity, and the last mask update's figures
     (reported once, then cleared)."""
     logs = {"sparsity": round(sparsifier.sparsity, 6), "target_sparsity": round(sparsifier.target_sparsity(), 6)}

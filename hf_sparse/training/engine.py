@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 
 from ..config import SparsityConfig, as_sparsity_config
 from ..core.peft_layout import is_peft_model
-from ..core.sparsifier import Sparsifier
+from ..sparsifier import Sparsifier
 from ..lora.peft_sparsifier import PeftSparsifier
 from ..registry import get_method_class
 

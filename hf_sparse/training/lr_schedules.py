@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-LR_SHAPES = ("linear", "cosine")
+from ..core.choices import LR_SHAPES
 
 
 def _decay(progress: float, shape: str) -> float:

@@ -14,7 +14,7 @@ from hf_sparse.lora.merge import MaskedLoraDeltas, PeftSparsifier, masks_from_di
 from hf_sparse.methods.gmp import GMP
 from hf_sparse.core.peft_layout import canonical_name
 from hf_sparse.core.masks import overall_sparsity
-from hf_sparse.core.sparsifier import Sparsifier
+from hf_sparse.sparsifier import Sparsifier
 from hf_sparse.core.targets import find_targets
 
 from helpers import PairDataset, tiny_bert, training_args
@@ -375,7 +375,7 @@ def test_gradient_growth_methods_are_refused_on_a_frozen_base(monkeypatch):
     class GrowsByGradient(GMP):
         needs_gradients = True
 
-    import hf_sparse.core.sparsifier as engine
+    import hf_sparse.sparsifier as engine
 
     monkeypatch.setattr(engine, "get_method_class", lambda name: GrowsByGradient)
     model, sparsifier = sparse_base()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_sparse import SparsityConfig
-from hf_sparse.core.sparsifier import Sparsifier
+from hf_sparse.sparsifier import Sparsifier
 from hf_sparse.methods.criteria import FISHER_DECAY, FisherCriterion, make_criterion
 
 
