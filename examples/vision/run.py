@@ -13,7 +13,8 @@ Your data: ``--train_dir folder/`` (imagefolder: one sub-folder per class) or ``
 is a hub id or local folder, or an architecture for a from-scratch model: ``resnet18``,
 ``resnet34``, ``resnet50``, ``resnet_tiny`` (transformers ResNet) or ``timm:resnet18`` etc.
 (transformers' timm wrapper). Every SparsityConfig field is a flag (``--method``, ``--sparsity``,
-``--allocation``, ``--method_args '{"cycles": 2}'``...; its ``seed`` is ``--sparsity_seed``).
+``--allocation``, ``--method_args '{"cycles": 2}'``...; its ``seed`` is ``--sparsity_seed``), as are
+``--preset`` and ``--sparsity_config FILE`` (``hf_sparse.SparsityArguments``).
 The saved folder loads with ``transformers.pipeline("image-classification", model=output_dir)``.
 Run as a script it switches the Hub and datasets offline only for what is local (the default, or
 local folders): a Hub model id or dataset name you pass is downloaded as usual.
@@ -22,14 +23,12 @@ local folders): a Hub model id or dataset name you pass is downloaded as usual.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 RESNETS = {  # name -> (depths, hidden sizes, layer type, stem width)
     "resnet_tiny": ([2, 3, 3], [16, 32, 64], "basic", 16),
@@ -63,7 +62,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainingArguments, set_seed  # noqa: E402
 
-from hf_sparse import SparseTrainer, SparsityConfig, sparsity_report  # noqa: E402
+from hf_sparse import SparseTrainer, SparsityArguments, sparsity_report  # noqa: E402
 from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -85,29 +84,6 @@ class DataArguments:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
     eval_fraction: float = field(default=0.15, metadata={"help": "Held-out share when there is no validation split."})
-
-
-def _sparsity_arguments() -> type:
-    """SparsityConfig's fields as flags; a name TrainingArguments has too gets a ``sparsity_`` prefix."""
-    taken = {f.name for f in dataclasses.fields(TrainingArguments)}
-    hints = typing.get_type_hints(SparsityConfig)
-    specs = []
-    for f in dataclasses.fields(SparsityConfig):
-        name = f"sparsity_{f.name}" if f.name in taken else f.name
-        kind = str if f.name == "method_args" else hints[f.name]  # JSON text on the command line
-        specs.append((name, kind, field(default=f.default, metadata=f.metadata)))
-    return dataclasses.make_dataclass("SparsityArguments", specs)
-
-
-SparsityArguments = _sparsity_arguments()
-
-
-def sparsity_config_from(args: Any) -> SparsityConfig:
-    values = {}
-    for f in dataclasses.fields(SparsityConfig):
-        name = f"sparsity_{f.name}" if hasattr(args, f"sparsity_{f.name}") else f.name
-        values[f.name] = getattr(args, name)
-    return SparsityConfig(**values)
 
 
 def digits_dataset(seed: int):
@@ -221,7 +197,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model_args, data_args, training_args, sparsity_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
-    sparsity_config = sparsity_config_from(sparsity_args)
+    sparsity_config = sparsity_args.to_sparsity_config()
+    if sparsity_args.teacher() is not None:
+        raise ValueError("examples/vision/run.py does not distil: drop --teacher_model_name_or_path (distillation: "
+                         "examples/glue/run.py or hf_sparse.train_dense_then_sparse)")
     raw = load_data(data_args, training_args.seed)
     labels = raw["train"].features["label"].names
     model, processor = build_model(model_args, labels)

@@ -69,20 +69,22 @@ class TwoStageResult:
         return self.dense.metrics[metric] - self.sparse.metrics[metric]
 
 
-def load_model(model: ModelOrPath, auto_class: Any = None, like: Optional[torch.nn.Module] = None) -> torch.nn.Module:
+def load_model(model: ModelOrPath, auto_class: Any = None, like: Optional[torch.nn.Module] = None,
+               load_kwargs: Optional[dict] = None) -> torch.nn.Module:
     """A model as given, or loaded from a folder / Hub id: with ``like``'s class when given, else ``auto_class``
-    (default ``AutoModelForSequenceClassification``); a teacher whose output size differs from ``like``'s is refused.
+    (default ``AutoModelForSequenceClassification``), passing ``load_kwargs`` (``cache_dir``, ``token``, ...)
+    to ``from_pretrained``. A teacher whose output size differs from ``like``'s is refused.
     """
     if isinstance(model, torch.nn.Module):
         loaded, name = model, type(model).__name__
     else:
         name = os.fspath(model)
         if like is not None and hasattr(type(like), "from_pretrained"):
-            loaded = type(like).from_pretrained(name)
+            loaded = type(like).from_pretrained(name, **(load_kwargs or {}))
         else:
             if auto_class is None:
                 from transformers import AutoModelForSequenceClassification as auto_class
-            loaded = auto_class.from_pretrained(name)
+            loaded = auto_class.from_pretrained(name, **(load_kwargs or {}))
     wanted = getattr(getattr(like, "config", None), "num_labels", None)
     has = getattr(getattr(loaded, "config", None), "num_labels", None)
     if wanted is not None and has is not None and wanted != has:
@@ -159,6 +161,7 @@ def train_dense_then_sparse(
     output_dir: Optional[str] = None,
     dense_output_dir: Optional[str] = None,
     auto_class: Any = None,
+    load_kwargs: Optional[dict] = None,
     resume_from_checkpoint: Union[str, bool, None] = None,
     **trainer_kwargs: Any,
 ) -> TwoStageResult:
@@ -166,7 +169,7 @@ def train_dense_then_sparse(
 
     Args:
         model: the model to fine-tune (a module, or a folder / Hub id loaded with ``auto_class``,
-            default ``AutoModelForSequenceClassification``).
+            default ``AutoModelForSequenceClassification``, and ``load_kwargs``).
         args: ``TrainingArguments`` of the dense stage; the sparse stage uses the same, stretched by
             the sparse stage's schedule scale. ``args.output_dir`` receives the sparse model.
         sparsity_config: the sparse stage's ``SparsityConfig`` (a dict is accepted; None: the defaults).
@@ -197,16 +200,16 @@ def train_dense_then_sparse(
     dense_args = dataclasses.replace(args, output_dir=dense_output_dir, push_to_hub=False, resume_from_checkpoint=None)
     if dense_model is None:
         logger.warning("dense stage: fine-tuning the dense model first (%s)", dense_output_dir)
-        dense = train_stage(load_model(model, auto_class), dense_args, train_dataset, eval_dataset, **trainer_kwargs)
+        dense = train_stage(load_model(model, auto_class, load_kwargs=load_kwargs), dense_args, train_dataset, eval_dataset, **trainer_kwargs)
     else:
         student_like = model if isinstance(model, torch.nn.Module) else None
-        teacher_model = load_model(dense_model, auto_class, like=student_like)
+        teacher_model = load_model(dense_model, auto_class, like=student_like, load_kwargs=load_kwargs)
         if not isinstance(dense_model, torch.nn.Module):  # the result names the folder; nothing is written there
             dense_args = dataclasses.replace(dense_args, output_dir=os.fspath(dense_model))
         dense = train_stage(teacher_model, dense_args, None, eval_dataset, train=False, save=False, **trainer_kwargs)
     teacher = dense.model
     student = copy.deepcopy(teacher)
-    sparse_args = dataclasses.replace(args, output_dir=output_dir)
+    sparse_args = args if output_dir == args.output_dir else dataclasses.replace(args, output_dir=output_dir)
     logger.warning("sparse stage: pruning a copy of the dense model to %g%s (%s)", config.sparsity,
                    " while distilling from it" if distill else "", output_dir)
     sparse = train_stage(

@@ -90,17 +90,18 @@ def test_all_nine_tasks():
 
 # -- argument parsing --------------------------------------------------------------------------------
 def test_flags_become_sparsity_config(tmp_path):
-    model_args, data_args, training_args, sparse_args, sparsity_args = run.parse_args(
+    model_args, data_args, training_args, _, sparsity_args = run.parse_args(
         ["--output_dir", str(tmp_path), "--sparsity", "0.8", "--method", "oneshot", "--allocation", "erk",
          "--sparsity_seed", "7", "--seed", "3", "--targets", "query", "key", "--start", "20", "--task_name", "rte"]
     )
-    config = run.build_sparsity_config(sparse_args, sparsity_args)
+    config = sparsity_args.to_sparsity_config()
     assert (config.sparsity, config.method, config.allocation, config.seed) == (0.8, "oneshot", "erk", 7)
     assert config.targets == ["query", "key"] and config.start == 20 and isinstance(config.start, int)
     assert training_args.seed == 3 and data_args.task_name == "rte"
     assert training_args.do_train and training_args.per_device_train_batch_size == 32  # script defaults
     # not given -> SparsityConfig defaults: the sparse-aware recipe
-    default = run.build_sparsity_config(sparse_args, run.SparsityArguments())
+    assert sparsity_args.teacher() == "auto"  # the script's default: a dense teacher trained first
+    default = run.SparsityArguments().to_sparsity_config()
     assert default.to_dict() == SparsityConfig().to_dict()
     assert default.recipe == "auto" and default.allocation == "global" and default.update_every is None
 
@@ -108,8 +109,8 @@ def test_flags_become_sparsity_config(tmp_path):
 def test_the_dense_run_keeps_the_scripts_epochs(tmp_path):
     """--sparsity 0 is the dense run the teacher auto trains: no recipe, no longer schedule (a bug once doubled it)."""
     def scale(*flags):
-        _, _, _, sparse_args, sparsity_args = run.parse_args(["--output_dir", str(tmp_path), *flags])
-        return run.build_sparsity_config(sparse_args, sparsity_args).schedule_scale
+        sparsity_args = run.parse_args(["--output_dir", str(tmp_path), *flags])[-1]
+        return sparsity_args.to_sparsity_config().schedule_scale
 
     assert scale("--sparsity", "0") == 1.0 and scale("--sparsity", "0.0") == 1.0
     assert scale() == recommend_schedule_scale(0.9) == scale("--sparsity", "0.9") == 3.0
@@ -124,8 +125,8 @@ def test_json_args_file_and_sparsity_config_file(tmp_path):
         "output_dir": str(tmp_path / "out"), "learning_rate": 1e-3, "sparsity_config": str(sc),
         "allocation": "erk", "method_args": {}, "max_train_samples": 5, "do_eval": False,
     }))
-    _, data_args, training_args, sparse_args, sparsity_args = run.parse_args([str(args)])
-    config = run.build_sparsity_config(sparse_args, sparsity_args)
+    _, data_args, training_args, _, sparsity_args = run.parse_args([str(args)])
+    config = sparsity_args.to_sparsity_config()
     # the file's fields, with the JSON's explicit 'allocation' on top
     assert (config.sparsity, config.update_every, config.allocation) == (0.7, 3, "erk")
     assert training_args.learning_rate == 1e-3 and not training_args.do_eval and data_args.max_train_samples == 5
@@ -135,10 +136,7 @@ def test_json_args_file_and_sparsity_config_file(tmp_path):
 
 
 def test_preset(tmp_path, monkeypatch):
-    _, _, _, sparse_args, sparsity_args = run.parse_args(["--output_dir", str(tmp_path), "--preset", "p", "--sparsity", "0.6"])
-    if not hasattr(SparsityConfig, "from_preset"):
-        with pytest.raises(ValueError, match="no presets"):
-            run.build_sparsity_config(sparse_args, sparsity_args)
+    sparsity_args = run.parse_args(["--output_dir", str(tmp_path), "--preset", "p", "--sparsity", "0.6"])[-1]
     calls = []
 
     def fake_from_preset(name, **overrides):
@@ -146,11 +144,11 @@ def test_preset(tmp_path, monkeypatch):
         return SparsityConfig(**overrides)
 
     monkeypatch.setattr(SparsityConfig, "from_preset", staticmethod(fake_from_preset), raising=False)
-    assert run.build_sparsity_config(sparse_args, sparsity_args).sparsity == 0.6
+    assert sparsity_args.to_sparsity_config().sparsity == 0.6
     assert calls == [("p", {"sparsity": 0.6})]
-    sparse_args.sparsity_config = "x.json"
+    sparsity_args.sparsity_config = "x.json"
     with pytest.raises(ValueError, match="either --preset or --sparsity_config"):
-        run.build_sparsity_config(sparse_args, sparsity_args)
+        sparsity_args.to_sparsity_config()
 
 
 # -- tiny end-to-end runs ----------------------------------------------------------------------------

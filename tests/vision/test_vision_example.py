@@ -26,11 +26,11 @@ def test_sparsity_flags_map_to_the_config():
         ["--output_dir", "x", "--method", "cyclic", "--sparsity", "0.95", "--sparsity_seed", "3",
          "--method_args", '{"cycles": 1}', "--seed", "7"]
     )
-    config = run.sparsity_config_from(sparsity_args)
+    config = sparsity_args.to_sparsity_config()
     assert (config.method, config.sparsity, config.seed, config.method_args) == ("cyclic", 0.95, 3, {"cycles": 1})
     assert training_args.seed == 7 and model_args.model_name_or_path == "resnet_tiny"
     with pytest.raises(ValueError, match="method_args"):
-        run.sparsity_config_from(run.parse_args(["--output_dir", "x", "--method_args", "{bad"])[3])
+        run.parse_args(["--output_dir", "x", "--method_args", "{bad"])[3].to_sparsity_config()
 
 
 def test_offline_only_for_the_offline_default(tmp_path, monkeypatch):
