@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "SparsityConfig": ".config",
     "SparsityReport": ".reporting.sparsity_report",
     "available_methods": ".registry",
-    "available_presets": ".training.presets",
+    "available_presets": ".presets",
     "from_sparse_inference": ".inference.convert",
     "get_method_class": ".registry",
     "load_masks": ".io.load",
@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "prune": ".oneshot.api",
     "push_to_hub": ".io.hub",
     "read_masks": ".io.existing_masks",
-    "recommend_schedule_scale": ".training.presets",
+    "recommend_schedule_scale": ".presets",
     "register_method": ".registry",
     "report": ".reporting.size_speed",  # the function: no module hf_sparse.report shadows it
     "save_sparse": ".io.save",
@@ -87,7 +87,7 @@ if TYPE_CHECKING:  # eager imports for type checkers and IDEs only
     from .reporting.sparsity_report import SparsityReport, sparsity_report
     from .training.callback import SparsityCallback
     from .training.distill import DistillationConfig
-    from .training.presets import available_presets, recommend_schedule_scale
+    from .presets import available_presets, recommend_schedule_scale
     from .training.arguments import SparsityArguments
     from .training.trainer import SparseTrainer
     from .training.two_stage import train_dense_then_sparse

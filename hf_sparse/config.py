@@ -16,6 +16,9 @@ from typing import Any, Optional, Union
 
 from .core.choices import ALLOCATIONS, INITIAL_MASKS, LR_SHAPES  # noqa: F401  (public here too)
 from .io.files import atomic_write_text
+from .methods.recipe_defaults import RECIPE_UPDATES, resolve_recipe
+from .methods.registry import get_method_class
+from .presets import preset_fields
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class SparsityConfig:
     recipe: str = field(
         default="auto",
         metadata={
-            "help": "'auto': the sparse-aware recipe (hf_sparse.recipe, measured in benchmarks/results/recipe_ablation.md) "
+            "help": "'auto': the sparse-aware defaults (hf_sparse.methods.recipe_defaults, measured in benchmarks/results/recipe_ablation.md) "
             "fills every field left unset (allocation, schedule_scale, lr_rewinding, update_every) with the method's "
             "measured recipe (gmp); 'none': the plain defaults and exactly your TrainingArguments."
         },
@@ -112,9 +115,6 @@ class SparsityConfig:
 
     def __post_init__(self) -> None:
         self._normalise_types()
-        from .recipe import resolve_recipe  # local: the recipe asks the method class, whose module imports config
-        from .registry import get_method_class
-
         nm = parse_nm(self.pattern)
         if self.sparsity is None:
             self.sparsity = 1.0 - nm[0] / nm[1] if nm else 0.9
@@ -227,19 +227,15 @@ class SparsityConfig:
         """Optimizer steps between mask updates for a ramp from step ``start`` to ``end``.
 
         A number is stretched by ``schedule_scale`` (as many mask updates, each interval longer);
-        None (``'auto'``) spreads ``hf_sparse.recipe.RECIPE_UPDATES`` updates over the ramp, whatever its length.
+        None (``'auto'``) spreads ``hf_sparse.methods.recipe_defaults.RECIPE_UPDATES`` updates over the ramp, whatever its length.
         """
         if self.update_every is None:
-            from .recipe import RECIPE_UPDATES
-
             return max(1, int(round((end - start) / RECIPE_UPDATES)))
         return max(1, int(round(self.update_every * self.schedule_scale)))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "SparsityConfig":
-        """A named recipe (``hf_sparse.training.presets``) with any field overridden, e.g. ``sparsity=0.8``."""
-        from .training.presets import preset_fields
-
+        """A named recipe (``hf_sparse.presets``) with any field overridden, e.g. ``sparsity=0.8``."""
         return cls.from_dict({**preset_fields(name), **overrides})
 
     @property

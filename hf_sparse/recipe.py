@@ -1,69 +1,17 @@
-"""The sparse-aware recipe: what ``SparsityConfig(sparsity=0.9)`` means when the user sets nothing else.
+"""Deprecated alias: the sparse-aware defaults live in ``hf_sparse.methods.recipe_defaults`` ("recipe" now
+means only the ``SparsityConfig.recipe`` field that switches them on)."""
 
-The seed paper ("Accurate Neural Network Pruning Requires Rethinking Sparse Optimization"): recipes
-tuned for dense training under-train sparse models. Fields a user leaves at ``"auto"`` are filled
-here, under ``recipe="auto"`` with the values of the method's sparse recipe
-(``PruningMethod.recipe_defaults``), under ``recipe="none"`` with the plain defaults. Which values,
-and why, is measured in ``benchmarks/recipe_ablation.py`` (results in ``benchmarks/results/``);
-nothing here is taken from memory of a paper's table.
-"""
+import warnings
 
-from __future__ import annotations
+from .methods.recipe_defaults import (  # noqa: F401
+    AUTO,
+    PLAIN_DEFAULTS,
+    RECIPE_UPDATES,
+    UNSET,
+    recommend_schedule_scale,
+    resolve_recipe,
+)
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .config import SparsityConfig
-
-AUTO = "auto"
-#: Fields a recipe may fill, with their values under ``recipe="none"`` (the pre-recipe defaults).
-PLAIN_DEFAULTS: dict[str, Any] = {"allocation": "uniform", "schedule_scale": 1.0, "lr_rewinding": None, "update_every": 100}
-#: The value that means "not set by the user" for each field (lr_rewinding=None already means "off").
-UNSET: dict[str, Any] = {"allocation": AUTO, "schedule_scale": None, "lr_rewinding": AUTO, "update_every": None}
-#: Mask updates over the pruning ramp when ``update_every="auto"``: few, so that each LR-rewinding
-#: cycle is long enough to recover (oBERT's 30-epoch recipe prunes 7 times).
-RECIPE_UPDATES = 8
-
-# (sparsity strictly below, recommended k). Rule: the sparser, the longer (seed paper).
-_SCALE_RULE = ((0.5, 1.0), (0.8, 2.0), (0.95, 3.0), (1.0, 4.0))
-
-
-def recommend_schedule_scale(sparsity: float) -> float:
-    """Recommended ``schedule_scale`` k for a target sparsity.
-
-    k = 1 below 50%, 2 in [50%, 80%), 3 in [80%, 95%), 4 at 95% and above.
-    """
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    for below, scale in _SCALE_RULE:
-        if sparsity < below:
-            return scale
-    return _SCALE_RULE[-1][1]
-
-
-def resolve_recipe(config: "SparsityConfig") -> dict[str, Any]:
-    """Fill ``config``'s ``"auto"`` fields in place; return what the recipe chose (``{}`` for ``"none"``).
-
-    Explicit values always win; ``method_args`` keys the recipe names are added when the user gave none. ``update_every`` stays None ("auto") under the recipe: it depends on the run's
-    length and is resolved by ``SparsityConfig.update_interval`` once the Trainer knows it.
-    """
-    from .registry import get_method_class
-
-    if config.recipe != AUTO or config.sparsity == 0:
-        for name, plain in PLAIN_DEFAULTS.items():
-            if getattr(config, name) == UNSET[name]:
-                setattr(config, name, plain)
-        return {}
-    recipe = get_method_class(config.method).recipe_defaults(config)
-    chosen: dict[str, Any] = {}
-    for name, plain in PLAIN_DEFAULTS.items():
-        if getattr(config, name) != UNSET[name]:
-            continue
-        setattr(config, name, recipe.get(name, plain))
-        if name in recipe:  # a method without a measured recipe keeps its plain defaults silently
-            chosen[name] = recipe[name]
-    for key, value in recipe.get("method_args", {}).items():  # e.g. gmp's criterion
-        if key not in config.method_args:
-            config.method_args = {**config.method_args, key: value}
-            chosen[key] = value
-    return chosen
+warnings.warn(
+    "hf_sparse.recipe is deprecated: import from hf_sparse.methods.recipe_defaults", DeprecationWarning, stacklevel=2
+)

@@ -1,39 +1,6 @@
-"""The method registry: a name in ``SparsityConfig.method`` maps to a PruningMethod subclass."""
+"""The method registry's public home (``hf_sparse.registry.get_method_class`` and friends); it lives in
+``hf_sparse.methods.registry``, beside the methods it registers."""
 
-from __future__ import annotations
+from .methods.registry import available_methods, get_method_class, register_method
 
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from .methods.base import PruningMethod
-
-_METHODS: dict[str, type["PruningMethod"]] = {}
-
-
-def register_method(name: str) -> Callable[[type["PruningMethod"]], type["PruningMethod"]]:
-    """Class decorator: ``@register_method("rigl")`` makes the class available by name."""
-
-    def decorator(cls: type["PruningMethod"]) -> type["PruningMethod"]:
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered by {_METHODS[name].__name__}")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-
-    return decorator
-
-
-def _ensure_builtin_methods() -> None:
-    from . import methods  # noqa: F401  (importing registers the built-in methods)
-
-
-def get_method_class(name: str) -> type["PruningMethod"]:
-    _ensure_builtin_methods()
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available methods: {available_methods()}")
-    return _METHODS[name]
-
-
-def available_methods() -> list[str]:
-    _ensure_builtin_methods()
-    return sorted(_METHODS)
+__all__ = ["available_methods", "get_method_class", "register_method"]

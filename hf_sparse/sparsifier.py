@@ -13,7 +13,7 @@ from .config import SparsityConfig
 from .core.sparsifier import MaskEngine
 from .core.targets import find_targets
 from .io.existing_masks import read_masks
-from .registry import get_method_class
+from .methods.registry import get_method_class
 
 
 class Sparsifier(MaskEngine):

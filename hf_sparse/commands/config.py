@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import SparsityConfig, as_sparsity_config
     from ..io.files import atomic_write_text
     from ..methods.settings import describe_method, methods_table, replace_table, resolved_method_args
-    from ..registry import available_methods, get_method_class
+    from ..methods.registry import available_methods, get_method_class
 
     if args.readme and not args.methods:
         raise ValueError("--readme FILE rewrites the methods table: give --methods too")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import SparsityConfig
-from ..training.presets import available_presets, preset_description
+from ..presets import available_presets, preset_description
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

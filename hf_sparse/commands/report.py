@@ -60,13 +60,13 @@ def load_model(path: str):
     import transformers
     from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-    import hf_sparse
+    from ..io import load as sparse_io
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"report: {path!r} is not a folder")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"report: {path!r} has no config.json: not a saved transformers model")
-    load_sparse = getattr(hf_sparse, "load_sparse", None)  # reads compressed folders too (export feature)
+    load_sparse = getattr(sparse_io, "load_sparse", None)  # reads compressed folders too (export feature)
     if callable(load_sparse):
         loaded = load_sparse(path)
         return loaded[0] if isinstance(loaded, tuple) else loaded

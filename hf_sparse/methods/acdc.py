@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Optional, Union
 import torch
 
 from ..core.masks import magnitude_scores
-from ..registry import register_method
+from .registry import register_method
 from .base import Masks, PruningMethod
 
 if TYPE_CHECKING:

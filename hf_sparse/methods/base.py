@@ -19,7 +19,7 @@ from ..core.targets import Target
 
 if TYPE_CHECKING:
     from ..config import SparsityConfig
-    from ..io.existing_masks import ExistingMasks
+    from ..core.starting_masks import ExistingMasks
 
 Masks = dict[str, torch.Tensor]
 
@@ -67,7 +67,7 @@ class PruningMethod:
 
         Keys are ``SparsityConfig`` fields a user may leave at ``"auto"`` (allocation, schedule_scale,
         lr_rewinding, update_every), and ``method_args``: keys added where the user gave none. The base
-        returns nothing: a method opts in once its recipe is measured (``hf_sparse.recipe``); until then
+        returns nothing: a method opts in once its recipe is measured (``hf_sparse.methods.recipe_defaults``); until then
         ``"auto"`` means its plain defaults.
         """
         return {}

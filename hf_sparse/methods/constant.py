@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import torch
 
 from ..core.masks import overall_sparsity
-from ..registry import register_method
+from .registry import register_method
 from .base import Masks, PruningMethod
 
 if TYPE_CHECKING:
     from ..config import SparsityConfig
-    from ..io.existing_masks import ExistingMasks
+    from ..core.starting_masks import ExistingMasks
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..core.masks import count_kept, masked_scores, numel, overall_sparsity
-from ..registry import register_method
+from .registry import register_method
 from .base import Masks, PruningMethod
 from .drop_and_grow import drop_and_grow_mask, drop_fraction_at
 

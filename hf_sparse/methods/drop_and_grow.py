@@ -39,7 +39,7 @@ import torch
 
 from ..core.masks import all_kept, count_kept, numel, overall_sparsity, random_scores, topk_mask
 from ..core.reduction import current as current_reduction
-from ..registry import register_method
+from .registry import register_method
 from .base import Masks, PruningMethod
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""EAST (seed paper 002, "Pushing the limits of sparsity"): cyclic sparsity + DyReLU phasing + weight sharing.
+"""EAST ("Pushing the limits of sparsity"): cyclic sparsity + DyReLU phasing + weight sharing; the method's
+one home (its model preparation included; the ResNet surgery it uses is in ``hf_sparse.vision``).
 
 Masks follow :class:`~hf_sparse.methods.cyclic.Cyclic` (cosine density cycles, then RigL
 drop-and-grow). ``prepare_model`` (called by ``SparseTrainer`` before the optimizer exists) makes
@@ -10,11 +11,24 @@ model's conv weights, and the owned weights get the matching higher density.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..registry import register_method
+from .registry import register_method
 from .cyclic import Cyclic, CyclicArgs
+
+logger = logging.getLogger(__name__)
+
+# Training settings of the EAST authors' code (not re-checked): pass as TrainingArguments(**EAST_TRAINING_ARGS)
+# plus an lr x0.1 step at 50% and 75% of training (a MultiStepLR via ``optimizers=``).
+EAST_TRAINING_ARGS: dict[str, Any] = {
+    "optim": "sgd",
+    "optim_args": "momentum=0.9,nesterov=True",
+    "learning_rate": 0.1,
+    "weight_decay": 5e-4,
+    "max_grad_norm": 1.0,
+}
 
 
 @dataclass
@@ -57,11 +71,25 @@ class EAST(Cyclic):
 
     @classmethod
     def prepare_model(cls, model: Any, config: Any) -> list:
-        from ..vision.east import prepare_east
-
         return prepare_east(model, cls.parse_args(config.method_args or {}), seed=config.seed)
 
     def final_sparsity(self) -> float:
         from ..vision.weight_sharing import owned_sparsity
 
         return owned_sparsity(float(self.config.sparsity), [t.param for t in self.targets])
+
+
+def prepare_east(model: Any, args: Any, seed: int = 0) -> list:
+    """Apply the tricks ``args`` (EASTArgs) enable, before the optimizer exists; returns the TrainerCallbacks
+    that phase and undo them. The ResNet surgery (and transformers) is imported only for ``east``."""
+    from ..vision.dyrelu import DyReLUPhasingCallback, install_dyrelu
+    from ..vision.weight_sharing import MaterializeSharedWeightsCallback, share_weights
+
+    callbacks: list = []
+    if args.weight_sharing:
+        share_weights(model, seed=seed)
+        callbacks.append(MaterializeSharedWeightsCallback())
+    if args.dyrelu:
+        install_dyrelu(model, reduction=args.dyrelu_reduction, seed=seed)
+        callbacks.append(DyReLUPhasingCallback(args.dyrelu_start, args.dyrelu_end))
+    return callbacks

@@ -10,7 +10,8 @@ import torch
 
 from ..core.masks import magnitude_scores, overall_sparsity
 from .criteria import CRITERIA, make_criterion
-from ..registry import register_method
+from .recipe_defaults import recommend_schedule_scale
+from .registry import register_method
 from .schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
 from .base import Masks, PruningMethod
 
@@ -162,8 +163,6 @@ class GMP(MagnitudePruning):
         ``fisher`` criterion (+4.5 points over magnitude at 90%). No ``initial_jump``: from a fine-tuned
         model the cubic ramp from 0 loses less at the first update.
         """
-        from ..recipe import recommend_schedule_scale
-
         return {
             "allocation": "global" if config.nm is None else "uniform",
             "schedule_scale": recommend_schedule_scale(config.sparsity),

@@ -9,7 +9,7 @@ from ..config import SparsityConfig, as_sparsity_config
 from ..core.peft_layout import is_peft_model
 from ..sparsifier import Sparsifier
 from ..lora.peft_sparsifier import PeftSparsifier
-from ..registry import get_method_class
+from ..methods.registry import get_method_class
 
 
 def build_engine(

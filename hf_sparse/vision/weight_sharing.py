@@ -17,6 +17,7 @@ import logging
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -149,3 +150,12 @@ def materialize_shared_weights(model: nn.Module) -> int:
         if isinstance(m, nn.Conv2d) and hasattr(m.weight, _USES_ATTR):
             delattr(m.weight, _USES_ATTR)
     return len(names)
+
+
+class MaterializeSharedWeightsCallback(TrainerCallback):
+    """At the end of training, turn shared convs into plain ``nn.Conv2d`` so the model saves as a ResNet."""
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            count = materialize_shared_weights(model)
+            logger.info("weight sharing: materialised %d shared convs", count)

@@ -1,4 +1,4 @@
-"""The sparse-aware recipe (hf_sparse.recipe): what SparsityConfig(sparsity=s) means, and how it shows."""
+"""The sparse-aware recipe (hf_sparse.methods.recipe_defaults): what SparsityConfig(sparsity=s) means, and how it shows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from hf_sparse import SparseTrainer, SparsityConfig
 from hf_sparse.training.lr_schedules import RewindingLambda
-from hf_sparse.recipe import PLAIN_DEFAULTS, RECIPE_UPDATES, recommend_schedule_scale
+from hf_sparse.methods.recipe_defaults import PLAIN_DEFAULTS, RECIPE_UPDATES, recommend_schedule_scale
 
 from helpers import TinyMLP, VectorDataset, training_args
 
