@@ -172,6 +172,7 @@ def _prune_calibrated(
             home = input_device(block)
             if compute is not None:
                 block.to(compute)
+            logger.info("prune: block %d/%d (%s.%d)", index + 1, last + 1, name, index)
             try:
                 block_targets = per_block.get(index, [])
                 if block_targets:
