@@ -27,11 +27,11 @@ from torch import nn
 
 from ..core.targets import find_targets
 from .calls import call_model
-from .decisions import decide_layer, decide_model, tune_layouts, weight_sparsity
-from .plan import LayerChoice, SparseInferencePlan, machine_info, read_plan, same_machine
+from .decisions import decide_layer, decide_model, tune_layouts
+from .plan import LayerChoice, SparseInferencePlan, machine_info
+from .saved_plan import PlanSource, apply_saved_plan, load_plan
 from .sparse_linear import SparseLinear, compute_dtype_for, is_linear_like, linear_weight
 from .surgery import (
-    detached_copy,
     find_chains,
     same_input_groups,
     set_module,
@@ -44,9 +44,6 @@ from .timing import Timer, interleaved_timer
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKENS = 8 * 128  # batch 8 x 128 tokens when no example input reaches a layer
-#: A saved plan applies to a layer only if the layer's sparsity is within this of the plan's.
-PLAN_SPARSITY_TOLERANCE = 0.01
-PlanSource = Union[SparseInferencePlan, str, os.PathLike, None]
 
 
 @torch.no_grad()
@@ -99,8 +96,8 @@ def to_sparse_inference(
     model.eval()
     dense_choices, candidates = _candidates(model, targets, ignore, min_sparsity)
     device = _device_of(model)
-    saved = _load_plan(plan)
-    result = _apply_saved(model, saved, candidates, device) if saved is not None else None
+    saved = load_plan(plan)
+    result = apply_saved_plan(model, saved, candidates, device) if saved is not None else None
     if result is None:
         result = _measure(model, example_inputs, candidates, timer or interleaved_timer(), min_speedup, tune_layout,
                           min_model_speedup)
@@ -244,70 +241,6 @@ def _shapes(inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return [list(v.shape) for v in inputs if isinstance(v, torch.Tensor)]
     return None
-
-
-def _load_plan(plan: PlanSource) -> Optional[SparseInferencePlan]:
-    if plan is None or isinstance(plan, SparseInferencePlan):
-        return plan
-    path = os.fspath(plan)
-    if os.path.isdir(path):
-        found = read_plan(path)
-        if found is None:
-            logger.info("%s holds no sparse inference plan: timing", path)
-        return found
-    if os.path.isfile(path):
-        return _read_file(path)
-    raise FileNotFoundError(f"sparse inference plan {path} does not exist")
-
-
-def _read_file(path: str) -> SparseInferencePlan:
-    import json
-
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return SparseInferencePlan.from_dict(json.load(handle), where=path)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is corrupt: {err}") from err
-
-
-def _apply_saved(
-    model: nn.Module, saved: SparseInferencePlan, candidates: dict[str, nn.Module], device: torch.device
-) -> Optional[SparseInferencePlan]:
-    """Apply ``saved`` without timing; None (re-time) when it was measured elsewhere or for other weights."""
-    differs = same_machine(saved.machine or {}, machine_info(device))
-    if differs:
-        logger.warning("sparse inference plan was measured on another machine (%s): re-timing", "; ".join(differs))
-        return None
-    by_name = {c.name: c for c in saved}
-    for name, module in candidates.items():
-        choice = by_name.get(name)
-        if choice is None:
-            logger.warning("sparse inference plan has no entry for %s: re-timing", name)
-            return None
-        if abs(weight_sparsity(module) - choice.sparsity) > PLAN_SPARSITY_TOLERANCE:
-            logger.warning("%s is %.1f%% sparse, the plan was made at %.1f%%: re-timing", name,
-                           100 * weight_sparsity(module), 100 * choice.sparsity)
-            return None
-    plan = SparseInferencePlan()
-    swaps: dict[str, SparseLinear] = {}
-    for name, module in candidates.items():
-        choice = by_name[name]
-        if choice.kernel != "dense":
-            sparse = SparseLinear(detached_copy(module), name, kernel=choice.kernel).eval()
-            sparse.adopt_shell(module)
-            set_module(model, name, sparse)
-            swaps[name] = sparse
-        plan.append(choice)
-    plan.shared_inputs = [g for g in saved.shared_inputs if all(n in swaps for n in g)]
-    share_input_transposes(plan.shared_inputs, model)
-    plan.transposed_outputs = [n for n in saved.transposed_outputs if n in swaps]
-    for name in plan.transposed_outputs:
-        swaps[name].contiguous_output = False
-    for key in ("model_speedup", "model_speedup_low", "model_speedup_high", "model_rounds", "model_settled", "input_shapes"):
-        setattr(plan, key, getattr(saved, key))
-    plan.source = "saved plan, not re-timed"
-    logger.info("sparse inference: applied the saved plan (same machine), %d layers on CSR kernels", len(swaps))
-    return plan
 
 
 def _log(plan: SparseInferencePlan, min_model_speedup: float) -> None:
