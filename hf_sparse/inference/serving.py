@@ -1,6 +1,6 @@
 """A saved sparse folder to a fast model or pipeline in one call, reusing the plan saved with it.
 
-    pipe = hf_sparse.inference.sparse_pipeline("text-classification", folder)
+    pipe = hf_sparse.inference.serving.sparse_pipeline("text-classification", folder)
 
 loads the folder (any layout, :func:`hf_sparse.load_sparse`), puts CSR kernels where its saved
 ``sparse_inference_plan.json`` says (no timing, on the same kind of machine; else it re-times on

@@ -13,7 +13,7 @@ import torch
 
 import hf_sparse
 from hf_sparse import to_sparse_inference
-from hf_sparse.inference import load_sparse_inference, sparse_pipeline
+from hf_sparse.inference.serving import load_sparse_inference, sparse_pipeline
 from hf_sparse.inference.plan import PLAN_FILE, machine_info
 from hf_sparse.inference.sparse_linear import SparseLinear
 
