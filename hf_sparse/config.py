@@ -67,6 +67,12 @@ class SparsityConfig:
     allocation: str = field(
         default="auto", metadata={"help": "Per-layer allocation: uniform, global or erk ('auto': the recipe's choice)."}
     )
+    layer_floor: float = field(
+        default=0.05,
+        metadata={"help": "Every targeted tensor keeps at least layer_floor x (1 - sparsity) of its weights, whatever the "
+                  "allocation (a global threshold can otherwise prune whole layers away); taken from the rest of the "
+                  "budget, so the overall sparsity is unchanged. 0 turns it off. See docs/finetuning.md."},
+    )
     targets: Optional[list[str]] = field(
         default=None,
         metadata={"help": "Regexes over module names to sparsify; default every Linear/Conv weight but embeddings and heads."},
@@ -132,6 +138,8 @@ class SparsityConfig:
             )
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if isinstance(self.layer_floor, bool) or not isinstance(self.layer_floor, (int, float)) or not 0 <= self.layer_floor <= 1:
+            raise ValueError(f"layer_floor must be a number in [0, 1] (a fraction of 1 - sparsity), got {self.layer_floor!r}")
         if nm is not None and self.allocation != "uniform":
             raise ValueError(f"pattern {self.pattern!r} needs allocation='uniform', got {self.allocation!r}")
         for name in ("start", "end"):

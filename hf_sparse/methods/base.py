@@ -92,7 +92,7 @@ class PruningMethod:
         self.config = config
         self.args = self.parse_args(config.method_args or {})
         self.targets = targets
-        self.allocation = Allocation(config.allocation, targets)
+        self.allocation = Allocation(config.allocation, targets, config.layer_floor)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.total_steps = 0
         self.updates: Optional[UpdateSteps] = None

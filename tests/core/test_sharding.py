@@ -210,10 +210,11 @@ CASES = [
 ]
 
 
-def _run_method(name: str, allocation: str, pattern, weights, grads, world=None, rank=None):
+def _run_method(name: str, allocation: str, pattern, weights, grads, world=None, rank=None, **overrides):
     """init_masks then three updates, with weights rounded so ties occur; returns every masks dict."""
     config = dict(method=name, sparsity=0.75, allocation=allocation, targets=[r"^\d+$"], update_every=1, start=0, end=8,
                   recipe="none")  # the mechanics at exactly these steps
+    config.update(overrides)
     if pattern:
         config.update(pattern=pattern, sparsity=0.5)
     if name in ("gmp",):
@@ -244,6 +245,32 @@ def test_method_updates_sharded_equal_unsharded(name, allocation, pattern):
         assert max(overall_sparsity(m) for m in expected) >= 0.5  # real pruning was compared
     world = 3
     parts = _on_ranks(world, lambda r, red: _run_method(name, allocation, pattern, weights, grads, world, r))
+    for i, masks in enumerate(expected):
+        for n, mask in masks.items():
+            assert torch.equal(torch.cat([p[i][n] for p in parts]), mask), (i, n)
+
+
+@pytest.mark.parametrize("name", ["gmp", "rigl", "acdc"])
+def test_global_floor_sharded_equal_unsharded(name):
+    """A layer one threshold would empty keeps its floor, and row shards get the same masks bit for bit."""
+    g = torch.Generator().manual_seed(2)
+    targets = find_targets(_model(), [r"^\d+$"], [])
+    weights = {t.name: (torch.randn(t.param.shape, generator=g) * 4).round() / 4 for t in targets}
+    grads = {t.name: (torch.randn(t.param.shape, generator=g) * 4).round() / 4 for t in targets}
+    weights["2.weight"] = weights["2.weight"] / 64  # far below the others: the threshold alone prunes it all
+    plain = _run_method(name, "global", None, weights, grads, layer_floor=0.0)
+    expected = _run_method(name, "global", None, weights, grads, layer_floor=0.5)
+    numel, total = weights["2.weight"].numel(), sum(w.numel() for w in weights.values())
+    binding = 0
+    with use(LOCAL):
+        for before, after in zip(plain, expected):
+            kept = sum(int(m.sum()) for m in after.values())
+            assert kept == sum(int(m.sum()) for m in before.values())  # the floor comes out of the same budget
+            floor = int(0.5 * kept / total * numel) - 1  # the floor at this update's density, less rounding
+            assert int(after["2.weight"].sum()) >= floor
+            binding += int(before["2.weight"].sum()) < floor
+    assert binding  # without the floor the layer went (nearly) empty at some update
+    parts = _on_ranks(3, lambda r, red: _run_method(name, "global", None, weights, grads, 3, r, layer_floor=0.5))
     for i, masks in enumerate(expected):
         for n, mask in masks.items():
             assert torch.equal(torch.cat([p[i][n] for p in parts]), mask), (i, n)
