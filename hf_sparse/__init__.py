@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "SparsityCallback": ".training.callback",
     "SparsityConfig": ".config",
     "SparsityReport": ".reporting.sparsity_report",
+    "UnderTrainingCallback": ".training.diagnostics",
+    "at_majority_rate": ".training.diagnostics",
     "available_methods": ".registry",
     "available_presets": ".presets",
     "from_sparse_inference": ".inference.convert",
@@ -45,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "to_semi_structured": ".inference.semi_structured",
     "to_sparse_inference": ".inference.convert",
     "train_dense_then_sparse": ".training.two_stage",
+    "watch_predictions": ".training.diagnostics",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -86,6 +89,7 @@ if TYPE_CHECKING:  # eager imports for type checkers and IDEs only
     from .reporting.size_speed import SizeSpeedReport, report
     from .reporting.sparsity_report import SparsityReport, sparsity_report
     from .training.callback import SparsityCallback
+    from .training.diagnostics import UnderTrainingCallback, at_majority_rate, watch_predictions
     from .training.distill import DistillationConfig
     from .presets import available_presets, recommend_schedule_scale
     from .training.arguments import SparsityArguments
