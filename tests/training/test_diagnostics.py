@@ -145,6 +145,17 @@ def test_the_chance_level_is_the_prior_entropy_not_ln_k():
     assert chance_loss_of(regression, [0.0, 1.0, 2.0, 3.0]) == pytest.approx(1.25)  # MSE of predicting the mean
 
 
+def test_the_prior_is_read_evenly_over_a_sorted_dataset():
+    """A large dataset sorted by label: its head alone would say one class (entropy 0)."""
+    from types import SimpleNamespace
+
+    from hf_sparse.training.diagnostics import _dataset_labels
+
+    sorted_items = [{"labels": 0}] * 15_000 + [{"labels": 1}] * 15_000
+    labels = _dataset_labels(SimpleNamespace(dataset=sorted_items))
+    assert len(labels) <= 10_000 and prior_entropy(labels) == pytest.approx(math.log(2), abs=1e-3)
+
+
 def test_the_trainer_flags_a_classifier_at_an_imbalanced_prior(tmp_path, caplog):
     """lr 0 and a classifier whose bias is the log prior: the loss sits at H(prior) < ln 2, and is flagged."""
     data = PairDataset(n=64)
