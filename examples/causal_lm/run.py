@@ -228,7 +228,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     device, batch = training_args.device, training_args.per_device_eval_batch_size
     results: dict[str, Any] = {"model": card_name, "sparsity": config.sparsity, "pattern": config.pattern,
                                "oneshot_method": oneshot_args.oneshot_method, "method": config.method,
-                               "train_blocks": len(train_set), "eval_blocks": len(eval_set), "block_size": data_args.block_size}
+                               "train_blocks": len(train_set), "eval_blocks": len(eval_set), "block_size": data_args.block_size,
+                               "world_size": training_args.world_size}
     results["dense_perplexity"] = perplexity(model, eval_set, batch, device)
     logger.info("dense held-out perplexity %.2f (%d blocks of %d tokens)", results["dense_perplexity"], len(eval_set), data_args.block_size)
     teacher_name = sparsity_args.teacher()

@@ -81,3 +81,28 @@ def test_one_shot_only_and_no_teacher(tiny_llama_folder, tmp_path):
     ])
     assert "recovered_perplexity" not in results and results["teacher"] is None
     assert math.isfinite(results["oneshot_perplexity"])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_accelerate_launch_with_two_processes(tiny_llama_folder, tmp_path):
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), SCRIPT,
+        "--model_name_or_path", tiny_llama_folder, "--output_dir", str(tmp_path), "--block_size", "32",
+        "--max_train_samples", "32", "--max_eval_samples", "8", "--calibration_samples", "8", "--max_steps", "2",
+        "--use_cpu", "true", "--ddp_find_unused_parameters", "false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "perplexity.json").read_text())
+    assert results["world_size"] == 2
+    assert math.isfinite(results["recovered_perplexity"]) and abs(results["final_sparsity"] - 0.5) < 1e-6

@@ -155,3 +155,15 @@ def test_training_mode_and_cache_setting_are_restored():
     model = tiny_llama().train()
     hf_sparse.prune(model, method="wanda", calibration=token_batches(n=1))
     assert model.training and model.config.use_cache
+
+
+def test_device_and_blocks_arguments():
+    """``device`` moves each block there for its turn (here the CPU itself: the same masks); ``blocks`` names the stack."""
+    calibration = token_batches(n=1)
+    plain = hf_sparse.prune(tiny_llama(), method="sparsegpt", calibration=calibration)
+    moved_model = tiny_llama()
+    moved = hf_sparse.prune(moved_model, method="sparsegpt", calibration=calibration, device="cpu", blocks="model.layers")
+    assert all(torch.equal(plain[n], moved[n]) for n in plain)
+    assert all(p.device.type == "cpu" for p in moved_model.parameters())
+    with pytest.raises(ValueError, match="names no module"):
+        hf_sparse.prune(tiny_llama(), method="wanda", calibration=calibration, blocks="model.blocks")
