@@ -1,4 +1,4 @@
-"""Does sparse-aware fine-tuning close the gap to dense? (seed paper 000, shared/methods.md section 3)
+"""Does sparse-aware fine-tuning close the gap to dense? ("Accurate Neural Network Pruning Requires Rethinking Sparse Optimization")
 
 Real data, offline, CPU-sized: scikit-learn's digits (1,797 real 8x8 handwritten digits; 75/25
 stratified split) and an MLP 64-128-128-10 whose two hidden Linear layers are pruned to 90%

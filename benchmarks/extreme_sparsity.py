@@ -3,7 +3,7 @@
 
 Data: scikit-learn's digits (1,797 real 8x8 scans, 10 classes) upscaled to 16x16, a stratified
 85/15 split. Model: a transformers ResNet from scratch (stem 8, stages [8, 16] x 3 basic blocks,
-so weight sharing has a third block to share). Recipe (EAST code, methods.md section 5): SGD
+so weight sharing has a third block to share). Recipe (the EAST authors' code, unverified): SGD
 Nesterov momentum 0.9, lr 0.1, wd 5e-4, clip 1.0, lr x0.1 at 50% and 75%; ERK allocation; masks
 updated every ``--update_every`` steps until 75% of training. Sparsity counts targeted conv weights
 (stem and classifier dense); with weight sharing it is the budget over the unshared model.

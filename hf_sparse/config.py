@@ -1,6 +1,9 @@
 """SparsityConfig: what the user asked for, validated at the boundary, JSON-serialisable.
 
-The config holds no logic beyond validation: schedules, allocation and methods read it.
+The config holds fields and their validation. At construction the sparse-aware defaults
+(``recipe="auto"``, :mod:`hf_sparse.methods.recipe_defaults`) fill the fields left at "auto" and the
+method's class checks ``method_args``; ``resolve_step`` and ``update_interval`` turn fractions of the
+run into steps. Schedules, allocation and methods read it.
 Fields carry ``metadata={"help": ...}`` so ``HfArgumentParser`` turns them into flags.
 """
 
@@ -60,8 +63,9 @@ class SparsityConfig:
         default="auto",
         metadata={
             "help": "'auto': the sparse-aware defaults (hf_sparse.methods.recipe_defaults, measured in benchmarks/results/recipe_ablation.md) "
-            "fills every field left unset (allocation, schedule_scale, lr_rewinding, update_every) with the method's "
-            "measured recipe (gmp); 'none': the plain defaults and exactly your TrainingArguments."
+            "fills every field left unset (allocation, schedule_scale, lr_rewinding, update_every) and adds "
+            "method_args keys (gmp's criterion='fisher') with the method's measured recipe (gmp); 'none': the plain "
+            "defaults and exactly your TrainingArguments."
         },
     )
     allocation: str = field(
@@ -162,7 +166,7 @@ class SparsityConfig:
         get_method_class(self.method).validate_config(self)
 
     def _check_fine_tuning(self) -> None:
-        """Schedule scale and LR rewinding (sparse-aware fine-tuning, shared/methods.md section 3)."""
+        """Schedule scale and LR rewinding (sparse-aware fine-tuning, ``docs/finetuning.md``)."""
         scale = self.schedule_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 1.0:
             raise ValueError(f"schedule_scale must be a number >= 1 (1 = the run as given), got {scale!r}")
@@ -243,7 +247,7 @@ class SparsityConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "SparsityConfig":
-        """A named recipe (``hf_sparse.presets``) with any field overridden, e.g. ``sparsity=0.8``."""
+        """A named preset (``hf_sparse.presets``) with any field overridden, e.g. ``sparsity=0.8``."""
         return cls.from_dict({**preset_fields(name), **overrides})
 
     @property

@@ -1,9 +1,9 @@
-"""Named sparse fine-tuning recipes: ``SparsityConfig.from_preset(name, **overrides)``.
+"""Named sparse fine-tuning presets: ``SparsityConfig.from_preset(name, **overrides)``.
 
 Every preset is a plain dict of ``SparsityConfig`` fields (so it round-trips through JSON) plus a
-description saying where its numbers come from. Presets are exact recipes (``recipe="none"``): the
-sparse-aware ``recipe="auto"`` (``hf_sparse.recipe``) fills nothing in them. Sources, as summarised in shared/methods.md
-section 3 (numbers from memory of the papers, not re-checked against their tables):
+description saying where its numbers come from. Presets are exact configs (``recipe="none"``): the
+sparse-aware defaults of ``recipe="auto"`` (``hf_sparse.methods.recipe_defaults``) fill nothing in them.
+Sources (numbers from memory of the papers, not re-checked against their tables):
 
 - GMP* (Kurtic & Alistarh 2022, "GMP*: Well-tuned gradual magnitude pruning can outperform most
   BERT-pruning methods") and "How to Prune Your Language Model" (2023): large first pruning step

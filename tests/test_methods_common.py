@@ -1,6 +1,6 @@
 """The shared matrix: every registered method x allocation x pattern keeps the invariants.
 
-Invariants (shared/methods.md section 7): masked weights exactly 0 after every optimizer step;
+Invariants: masked weights exactly 0 after every optimizer step;
 optimizer state at masked positions 0; masks change only on optimizer-step boundaries (with
 gradient accumulation and clipping on); resume gives bitwise-equal masks; save/load round trip.
 A new method adds one row to METHOD_ROWS (a test fails if a registered method has none); a variant

@@ -1,4 +1,4 @@
-"""``python -m hf_sparse presets [NAME]``: list the named recipes, or print one as a SparsityConfig."""
+"""``python -m hf_sparse presets [NAME]``: list the named presets, or print one as a SparsityConfig."""
 
 from __future__ import annotations
 

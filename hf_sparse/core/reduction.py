@@ -8,8 +8,9 @@ functions in :mod:`hf_sparse.core.masks` / :mod:`hf_sparse.core.sharding` take a
 - ``GroupReduction(group)``: the tensors are rank-ordered row chunks of one tensor each; sums and
   gathers run over ``group`` on small tensors (counts, histograms), never on weights.
 
-Methods never see it: the engine enters ``use(reduction)`` around a mask update, and the
-selection functions read ``current()`` when no reduction is passed. A context variable (not a
+Most methods never see it: the engine enters ``use(reduction)`` around a mask update, and the
+selection functions read ``current()`` when no reduction is passed. A method that sums over a whole
+tensor itself reads ``current()`` too (drop-and-grow: the scale of its growth scores, its logs). A context variable (not a
 global) so concurrent threads (the unit tests simulate ranks with threads) each keep their own.
 """
 

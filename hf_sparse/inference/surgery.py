@@ -10,14 +10,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..core.module_surgery import set_module  # noqa: F401  (re-exported)
 from .calls import call_model
 from .sparse_linear import SharedInputTranspose
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called ``name`` (dotted path) by ``new``."""
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def detached_copy(module: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ exactly at the target. Phase starts are the method's update steps.
 
 Defaults (fractions of the run; an int is a step, scaled by ``schedule_scale``): warm-up 10%,
 phases 5% each, final sparse phase 15% - the paper's ImageNet recipe scaled to its 100 epochs
-(shared/methods.md section 3, unverified). When the alternation ends on a sparse phase (as with
+(from memory of the paper, unverified). When the alternation ends on a sparse phase (as with
 these defaults: 15 phases of 5% between 10% and 85%) that phase runs straight into the final one,
 so the last mask is chosen at 80% of the run. ``start``/``end``/``update_every`` are not used.
 """

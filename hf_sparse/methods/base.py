@@ -1,8 +1,10 @@
 """PruningMethod: the small interface every method implements.
 
-A method decides how masks evolve; it never touches the Trainer, the optimizer or files.
-The engine (``Sparsifier``) calls ``setup`` once the run length is known, ``init_masks`` at
-the start of training, and ``update_masks`` on steps where ``is_update_step`` is true.
+A method decides how masks evolve; it never touches the optimizer or files. Its one contact with
+the Trainer is ``prepare_model``: it may change the model before training (EAST's weight sharing and
+DyReLU) and return TrainerCallbacks that ``SparseTrainer`` adds. The engine (``MaskEngine``) calls
+``setup`` once the run length is known, ``init_masks`` at the start of training, and
+``update_masks`` on steps where ``is_update_step`` is true.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ _SOURCE_FIELDS = [
     ("sparsity_config", Optional[str], field(
         default=None, metadata={"help": "A SparsityConfig JSON file; sparsity flags given as well override its fields."})),
     ("preset", Optional[str], field(
-        default=None, metadata={"help": "A named recipe (SparsityConfig.from_preset); sparsity flags override it."})),
+        default=None, metadata={"help": "A named preset (SparsityConfig.from_preset); sparsity flags override it."})),
     ("teacher_model_name_or_path", Optional[str], field(
         default=None,
         metadata={"help": "Dense teacher for knowledge distillation: a folder or Hub id of a model fine-tuned on the "

@@ -1,6 +1,6 @@
 """Training diagnostics: is the model learning at all, and was it still learning when the run ended?
 
-The seed paper's central lesson: sparse models trained on dense recipes are under-trained. Two
+The central lesson of "Accurate Neural Network Pruning Requires Rethinking Sparse Optimization": sparse models trained on dense recipes are under-trained. Two
 failure modes look alike in a loss curve and need opposite advice:
 
 - **not learning**: a training loss at the loss of the label prior (a classifier that predicts the

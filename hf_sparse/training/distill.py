@@ -1,5 +1,5 @@
 """Knowledge distillation from a dense teacher (Hinton et al. 2015; used for sparse BERT by
-Kurtic et al. 2022 and the seed paper): the sparse student matches the teacher's softened logits.
+Kurtic et al. 2022 and "Accurate Neural Network Pruning Requires Rethinking Sparse Optimization"): the sparse student matches the teacher's softened logits.
 
     loss = (1 - alpha) * task_loss + alpha * T**2 * KL(softmax(teacher / T) || softmax(student / T))
 

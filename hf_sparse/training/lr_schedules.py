@@ -1,4 +1,4 @@
-"""Learning-rate rewinding aligned to pruning steps (sparse-aware fine-tuning, methods.md section 3).
+"""Learning-rate rewinding aligned to pruning steps (sparse-aware fine-tuning, ``docs/finetuning.md``).
 
 After each mask update the LR jumps back to its peak and decays (linearly or by a half cosine)
 to ``floor * peak`` by the next mask update, so the network recovers from every pruning step
@@ -8,7 +8,8 @@ the LR stays at the peak (after an optional linear warm-up).
 
 ``rewinding_factor`` is a pure function of the step; ``RewindingLambda`` wraps it as a plain
 callable object with plain attributes, so ``LambdaLR.state_dict()`` stores ints/floats/str only
-and the Trainer reloads ``scheduler.pt`` with ``weights_only=True`` (facts.md section 3).
+and the Trainer reloads ``scheduler.pt`` with ``weights_only=True`` (transformers 5 does; a pickled function
+would not load).
 """
 
 from __future__ import annotations

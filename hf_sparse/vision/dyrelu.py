@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import TrainerCallback
 
+from ..core.module_surgery import set_module
+
 logger = logging.getLogger(__name__)
 
 
@@ -109,11 +111,6 @@ def _relu_channels(model: nn.Module, relus: dict[str, nn.ReLU], image_size: int)
     return result
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def install_dyrelu(model: nn.Module, reduction: int = 4, image_size: int = 64, seed: int = 0) -> list[str]:
     """Replace every ``nn.ReLU`` of a CNN with a :class:`PhasedReLU` (beta = 1); returns their names.
 
@@ -131,7 +128,7 @@ def install_dyrelu(model: nn.Module, reduction: int = 4, image_size: int = 64, s
     torch.manual_seed(seed)
     try:
         for name, c in channels.items():
-            _set_submodule(model, name, PhasedReLU(c, reduction).to(device=param.device, dtype=param.dtype))
+            set_module(model, name, PhasedReLU(c, reduction).to(device=param.device, dtype=param.dtype))
     finally:
         torch.random.set_rng_state(state)
     logger.info("DyReLU phasing: replaced %d ReLUs", len(channels))
@@ -152,7 +149,7 @@ def remove_dyrelu(model: nn.Module) -> int:
     """Put ``nn.ReLU`` back in place of every :class:`PhasedReLU` (the DyReLU branch is dropped)."""
     names = [name for name, m in model.named_modules() if isinstance(m, PhasedReLU)]
     for name in names:
-        _set_submodule(model, name, nn.ReLU())
+        set_module(model, name, nn.ReLU())
     return len(names)
 
 

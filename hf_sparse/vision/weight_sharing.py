@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import TrainerCallback
 
+from ..core.module_surgery import set_module
+
 logger = logging.getLogger(__name__)
 
 _USES_ATTR = "_hf_sparse_uses"
@@ -86,11 +88,6 @@ def _block_convs(block: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def share_weights(model: nn.Module, seed: int = 0) -> int:
     """Make blocks 3.. of every stage reuse block 2's convs; returns the number of shared convs."""
     generator = torch.Generator().manual_seed(seed)
@@ -106,7 +103,7 @@ def share_weights(model: nn.Module, seed: int = 0) -> int:
                 source = sources.get(name)
                 if not isinstance(source, nn.Conv2d):
                     raise ValueError(f"weight sharing: block has conv {name!r} that block 2 lacks")
-                _set_submodule(block, name, SharedConv2d(source, conv, generator))
+                set_module(block, name, SharedConv2d(source, conv, generator))
                 setattr(source.weight, _USES_ATTR, uses_of(source.weight) + 1)
                 shared += 1
     if shared == 0:
@@ -145,7 +142,7 @@ def materialize_shared_weights(model: nn.Module) -> int:
             bias=False,
         ).to(device=weight.device, dtype=weight.dtype)
         conv.weight.copy_(weight)
-        _set_submodule(model, name, conv)
+        set_module(model, name, conv)
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and hasattr(m.weight, _USES_ATTR):
             delattr(m.weight, _USES_ATTR)

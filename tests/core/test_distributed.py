@@ -23,7 +23,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_masks")
-    # facts.md section 2: `--cpu --num_processes 2` starts ONE process; --multi_gpu on a machine
+    # accelerate 1.16: `--cpu --num_processes 2` starts ONE process; --multi_gpu on a machine
     # without GPUs starts 2 CPU ranks over gloo. CUDA is hidden so a GPU machine does the same.
     command = [
         sys.executable, "-m", "accelerate.commands.launch",

@@ -1,4 +1,4 @@
-"""Test-only: FSDP2 through the Trainer on CPU ranks (shared/facts.md section 9).
+"""Test-only: FSDP2 through the Trainer on CPU ranks (transformers 5.25, accelerate 1.16).
 
 With ``use_cpu=True`` accelerate's distributed type is MULTI_CPU and ``AcceleratorState`` drops a
 given FSDP plugin silently (it turns it into ``DistributedType.FSDP`` only for GPU-like types).

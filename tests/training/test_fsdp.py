@@ -18,7 +18,7 @@ SCENARIOS = ["gmp_uniform", "gmp_global", "gmp_2of4", "rigl_global", "set_erk", 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    # facts.md section 9: torch.distributed.run (not accelerate launch), own session so a timeout
+    # torch.distributed.run (accelerate launch cannot start FSDP2 on CPU ranks), own session so a timeout
     # kills both ranks, one thread per rank.
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
