@@ -18,7 +18,7 @@ Drop fraction ``f(t)`` decays over the update window ``p = (t - start) / (end - 
 cosine ``alpha/2 * (1 + cos(pi p))`` (RigL), linear ``alpha * (1 - p)`` or constant ``alpha``.
 
 Grown weights are 0 (pruned weights are kept at exactly 0) and the engine zeroes their optimizer
-state (``Sparsifier._set_masks`` zeroes state at pruned *and* regrown positions).
+state (``MaskEngine._set_masks`` zeroes state at pruned *and* regrown positions).
 
 The tensor helpers (:func:`drop_fraction_at`, :func:`drop_and_grow_mask`, :func:`dst_ee_scores`)
 are pure functions so other methods (e.g. cyclic sparsity, where drop and grow counts differ)
