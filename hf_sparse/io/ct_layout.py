@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from .compressed_tensors import pack_bits, unpack_bits
+from ..core.bitpack import pack_bits, unpack_bits
 
 BITMASK = "sparse-bitmask"
 BITMASK_24 = "sparse-24-bitmask"

@@ -82,12 +82,20 @@ def save_transaction(
     and must go (those the new save writes go in any case). ``verify(staging)`` raises to abort.
     """
     directory = os.fspath(directory)
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"cannot save into {directory}: it is a file, not a folder")
     os.makedirs(directory, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory)
     os.chmod(staging, 0o777 & ~_current_umask())
     try:
         yield staging
-        verify(staging)
+        try:
+            verify(staging)
+        except (ValueError, FileNotFoundError) as err:  # name the target, not the staging folder about to go
+            raise ValueError(
+                f"the save into {directory} did not read back as what was saved, so nothing was replaced: "
+                f"{str(err).replace(staging, directory)}"
+            ) from err
         _swap(staging, directory, replaces)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from . import ct_layout
+from .binding import check_model_config, check_side_config
 from .files import leftover_backups
 from .native_format import (
     COMPRESSED_TENSORS,
     DENSE,
+    KEY_CONFIG,
     KEY_FORMAT,
     KEY_MASKS,
     KEY_SAVE_ID,
@@ -49,9 +51,12 @@ class Folder:
     ct_format: Optional[str] = None
 
     @property
-    def header_metadata(self) -> dict[str, str]:
-        """All header metadata of the first weights file (encodings, aliases, sparsity config)."""
+    def first_file_metadata(self) -> dict[str, str]:
+        """All header metadata of the first weights file (encodings, aliases, sparsity config);
+        ``header`` holds only the keys every file of the save shares."""
         return self.weights.metadata[0]
+
+    header_metadata = first_file_metadata  # deprecated name (it also named a context manager in io.save)
 
 
 def read_config(directory: str) -> Optional[dict]:
@@ -128,6 +133,9 @@ def _inspect(directory: str) -> Folder:
     else:
         layout, ct_format = _dense_or_ct(directory, dense, header, config)
     _check_masks_belong(directory, weights, header, masks, masks_header, layout)
+    if KEY_SAVE_ID in header:  # files hf_sparse wrote: config.json and sparsity_config.json must be of this save
+        check_model_config(directory, weights.first, header, config)
+        check_side_config(directory, weights.first, header.get(KEY_CONFIG))
     return Folder(directory, layout, weights, masks, config, header, ct_format)
 
 

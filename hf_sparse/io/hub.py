@@ -17,7 +17,7 @@ from torch import nn
 from .save import Compressed, layout_of, save_sparse
 from .load import detect_format
 from .model_card import CARD_NAME, write_model_card
-from .resave import resave
+from .resave import refuse_links, resave
 
 
 def push_to_hub(
@@ -49,6 +49,7 @@ def push_to_hub(
             card_kwargs = {}
         else:
             source = os.fspath(model_or_dir)
+            refuse_links(source)  # upload_folder would follow them
             folder = source
             if compressed is not None and detect_format(source) != layout_of(compressed):
                 folder = staging

@@ -24,11 +24,13 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .binding import check_side_config
 from .existing_masks import attach_masks, masks_from_zeros
 from .folder import Folder, describe_header, inspect_folder, save_header
 from .native_format import DENSE, KEY_CONFIG, KEY_SAVE_ID, MASKS_PATTERN, NATIVE_PATTERN, WEIGHTS_PATTERN, json_meta, read_masks_file
 from .save import check_weights_follow_masks
 from .shards import open_checkpoint
+from .training_state import check_weights_binding
 from .verify import (
     ModelLayout,
     aliases,
@@ -75,6 +77,11 @@ def read_masks_checkpoint(directory: str) -> tuple[Optional[Masks], Optional[str
     return read_masks_file(checkpoint), header.get(KEY_SAVE_ID)
 
 
+def _masks_config(directory: str) -> Optional[str]:
+    """The sparsity config recorded in the masks file's header (JSON text)."""
+    return save_header(open_checkpoint(directory, MASKS_PATTERN)).get(KEY_CONFIG)
+
+
 def _decode_checked(folder: Folder) -> tuple:
     """(state, implied masks, encodings) of the folder's weights, decoded after checking the stored
     tensors against the model (when one is known)."""
@@ -104,7 +111,11 @@ def read_folder_masks(directory: PathLike) -> Optional[Masks]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory!r} is not a folder")
     if open_checkpoint(directory, WEIGHTS_PATTERN) is None and open_checkpoint(directory, NATIVE_PATTERN) is None:
-        return read_masks_checkpoint(directory)[0]
+        masks, save_id = read_masks_checkpoint(directory)
+        if masks is not None:  # an adapter beside them must be of the same save (issue 25)
+            check_weights_binding(directory, save_id, MASKS_PATTERN.format(suffix=""))
+            check_side_config(directory, MASKS_PATTERN.format(suffix=""), _masks_config(directory))
+        return masks
     folder = inspect_folder(directory)
     if folder.masks is not None:
         return read_masks_file(folder.masks)
@@ -186,7 +197,7 @@ def load_sparse(
         model = _load_into(model, state)
     masks = read_masks_file(folder.masks) if folder.masks is not None else implied
     if not masks:
-        saved = json_meta(folder.header_metadata, KEY_CONFIG, folder.weights.first) or {}
+        saved = json_meta(folder.first_file_metadata, KEY_CONFIG, folder.weights.first) or {}
         if not isinstance(saved, dict):
             raise ValueError(f"{folder.weights.first}: header {KEY_CONFIG} must be a JSON object or null")
         targets = find_targets(model, saved.get("targets"), saved.get("ignore"))
@@ -245,7 +256,7 @@ def describe(directory: PathLike) -> dict[str, Any]:
         "layers": layers,
         "masks_source": source,
         "sparsity": 1.0 - kept / numel if numel else None,
-        "sparsity_config": json_meta(folder.header_metadata, KEY_CONFIG, folder.weights.first),
+        "sparsity_config": json_meta(folder.first_file_metadata, KEY_CONFIG, folder.weights.first),
     }
 
 

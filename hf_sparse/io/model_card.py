@@ -24,6 +24,18 @@ SPARSITY_PLOT = "sparsity_vs_step.png"
 LAYER_PLOT = "layer_sparsity.png"
 
 
+_CARD_MARK = "<!-- written by hf_sparse"
+
+
+def is_hf_sparse_card(path: str) -> bool:
+    """Whether the README.md at ``path`` is a card hf_sparse wrote (a hand-written one is never replaced by export)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return _CARD_MARK in handle.read()
+    except OSError:
+        return False
+
+
 def template_text() -> str:
     return resources.files("hf_sparse").joinpath("templates/model_card.md").read_text(encoding="utf-8")
 

@@ -12,7 +12,8 @@ Folder layouts (``save_sparse``):
 Every file hf_sparse writes carries header metadata (strings): ``hf_sparse_format_version``,
 ``hf_sparse_format``, ``hf_sparse_sparsity_config`` (JSON), ``hf_sparse_tensor_sparsity``
 (JSON ``{name: sparsity}``), ``hf_sparse_save_id`` (the same in every file of one save, so files
-of different saves are told apart), ``hf_sparse_masks`` (``"file"``: the masks are in
+of different saves are told apart; not a signature: see :mod:`hf_sparse.io.binding`),
+``hf_sparse_model_config`` (the config.json fields that change what loads, as saved), ``hf_sparse_masks`` (``"file"``: the masks are in
 ``sparse_masks.safetensors`` of the same save; ``"weights"``: the weights' encoding implies them),
 and for ``native`` ``hf_sparse_encodings`` / ``hf_sparse_aliases``.
 """
@@ -25,7 +26,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .compressed_tensors import as_2d, pack_bits, unpack_bits
+from ..core.bitpack import pack_bits, unpack_bits
+from .native_codec import as_2d
 from .shards import Checkpoint, save_sharded
 
 FORMAT_VERSION = 1
@@ -44,9 +46,10 @@ KEY_ALIASES = "hf_sparse_aliases"
 KEY_SHAPES = "hf_sparse_mask_shapes"
 KEY_SAVE_ID = "hf_sparse_save_id"
 KEY_MASKS = "hf_sparse_masks"
+KEY_MODEL_CONFIG = "hf_sparse_model_config"  # the config.json fields the weights were saved with (io.binding)
 MASKS_IN_FILE, MASKS_IN_WEIGHTS = "file", "weights"
 #: header keys every file of one save must agree on
-SAVE_KEYS = (KEY_VERSION, KEY_FORMAT, KEY_SAVE_ID, KEY_MASKS, KEY_CONFIG)
+SAVE_KEYS = (KEY_VERSION, KEY_FORMAT, KEY_SAVE_ID, KEY_MASKS, KEY_CONFIG, KEY_MODEL_CONFIG)
 
 
 def check_version(metadata: Mapping[str, str], where: str) -> None:

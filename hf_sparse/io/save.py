@@ -10,19 +10,20 @@ import json
 import logging
 import os
 import warnings
-from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-from . import compressed_tensors as native
+from . import native_codec as native
 from . import ct_layout
 from ..config import CONFIG_NAME, SparsityConfig
 from ..core.masks import check_masks_fit
 from .existing_masks import masks_from_zeros
+from .binding import model_config_header
 from .files import atomic_write_text, new_save_id, save_transaction
-from .folder import inspect_folder
+from .readback import read_back
+from .weights_header import adding_weights_header
 from .native_format import (
     COMPRESSED_TENSORS,
     DENSE,
@@ -31,37 +32,21 @@ from .native_format import (
     KEY_SAVE_ID,
     MASKS_IN_FILE,
     MASKS_IN_WEIGHTS,
-    MASKS_PATTERN,
     NATIVE,
     NATIVE_PATTERN,
     WEIGHTS_PATTERN,
     base_metadata,
     save_masks,
 )
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from .shards import is_checkpoint_file, open_checkpoint, save_sharded, with_checksums
-from .training_state import STATE_FILES
+from .shards import open_checkpoint, read_metadata, save_sharded, with_checksums
+from .replace_policy import check_target_folder, refuse_adapter_folder, replaced_by_a_save  # noqa: F401 (re-exported)
 from ..core.targets import find_targets
 
 logger = logging.getLogger(__name__)
 
 Compressed = Union[bool, str]
-_LEGACY_WEIGHTS = ("tf_model.h5", "flax_model.msgpack")
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def replaced_by_a_save(name: str) -> bool:
-    """Files of an earlier checkpoint that a new save removes (they would disagree with it).
-
-    Weights in any layout (ours, transformers' shards and index, legacy formats), masks, the
-    sparsity config and the resume state; tokenizer files, cards and plots stay.
-    """
-    if any(is_checkpoint_file(name, p) for p in (WEIGHTS_PATTERN, NATIVE_PATTERN, MASKS_PATTERN)):
-        return True
-    if name.startswith("pytorch_model") and (name.endswith(".bin") or name.endswith(".bin.index.json")):
-        return True
-    return name in _LEGACY_WEIGHTS or name in _ADAPTER_WEIGHTS or name == CONFIG_NAME or name in STATE_FILES
 
 
 def layout_of(compressed: Compressed) -> str:
@@ -127,51 +112,39 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return kept, aliases
 
 
-def _save_config(model: nn.Module, directory: str, quantization_config: Optional[dict] = None) -> None:
+def _config_json(model: nn.Module, quantization_config: Optional[dict] = None) -> Optional[dict]:
+    """What config.json will hold for ``model`` (None for a model without a transformers config)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
-        return
+        return None
     data = json.loads(config.to_json_string(use_diff=True))
     data.pop("quantization_config", None)
     data["architectures"] = [type(model).__name__]
     if quantization_config is not None:
         data["quantization_config"] = quantization_config
+    return data
+
+
+def _save_config(model: nn.Module, directory: str, quantization_config: Optional[dict] = None) -> None:
+    """config.json (and generation_config.json), written before the weights, whose header binds it."""
+    data = _config_json(model, quantization_config)
+    if data is None:
+        return
     atomic_write_text(os.path.join(directory, "config.json"), json.dumps(data, indent=2, sort_keys=True) + "\n")
     generation = getattr(model, "generation_config", None)
     if generation is not None and getattr(model, "can_generate", lambda: False)():
         generation.save_pretrained(directory)
 
 
-@contextmanager
-def header_metadata(staging: str, metadata: Mapping[str, str]) -> Iterator[None]:
-    """Give the weights files that ``save_pretrained`` (or the Trainer) writes into ``staging`` our header.
+def write_sparsity_config(directory: str, config: Optional[dict]) -> None:
+    """``sparsity_config.json``: exactly the dict recorded in the weights' header (a load compares them)."""
+    if config is not None:
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    The metadata goes into the first (and only) write of each file: transformers' safetensors
-    writer is wrapped for the duration, for files inside ``staging`` only.
-    """
-    import safetensors.torch
-    import transformers.modeling_utils as modeling_utils
 
-    originals = {(modeling_utils, "safe_save_file"): modeling_utils.safe_save_file,
-                 (safetensors.torch, "save_file"): safetensors.torch.save_file}
-    root = os.path.abspath(staging) + os.sep
-
-    def wrap(original: Callable) -> Callable:
-        def save_file(tensors, filename, metadata=None):
-            if os.path.abspath(os.fspath(filename)).startswith(root):
-                metadata = with_checksums(tensors, {**(metadata or {}), **metadata_to_add})
-            return original(tensors, filename, metadata=metadata)
-
-        return save_file
-
-    metadata_to_add = dict(metadata)
-    try:
-        for (module, name), original in originals.items():
-            setattr(module, name, wrap(original))
-        yield
-    finally:
-        for (module, name), original in originals.items():
-            setattr(module, name, original)
+#: deprecated name of :func:`hf_sparse.io.weights_header.adding_weights_header`
+header_metadata = adding_weights_header
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def write_dense_checkpoint(
@@ -183,21 +156,27 @@ def write_dense_checkpoint(
 ) -> None:
     """The dense layout into ``staging``: weights (by ``write_weights(header)``) + the masks file.
 
-    Shared by :func:`save_sparse` and ``SparseTrainer._save`` (whose weights the Trainer writes).
+    Shared by :func:`save_sparse` and ``SparseTrainer._save`` (whose weights the Trainer writes;
+    for a peft model they are ``adapter_model.safetensors``, which gets the same header).
     """
     metadata = base_metadata(DENSE, config, masks, save_id, MASKS_IN_FILE)
-    with header_metadata(staging, metadata):
+    with adding_weights_header(staging, metadata):
         write_weights(metadata)
     checkpoint = open_checkpoint(staging, WEIGHTS_PATTERN)
-    if checkpoint is not None and any(m.get(KEY_SAVE_ID) != save_id for m in checkpoint.metadata):
+    files = list(checkpoint.files) if checkpoint is not None else []
+    adapter = os.path.join(staging, ADAPTER_WEIGHTS)
+    if os.path.isfile(adapter):
+        files.append(adapter)
+    for path in files:
+        old = read_metadata(path)
+        if old.get(KEY_SAVE_ID) == save_id:
+            continue
         # the writer no longer goes through the wrapped function: add the header in a second write
-        logger.warning("the weights were written without hf_sparse's header; rewriting them once to add it")
-        for path, old in zip(checkpoint.files, checkpoint.metadata):
-            tensors = checkpoint.load([k for k, info in checkpoint.tensors.items() if info.path == path])
-            save_file(tensors, path, metadata=with_checksums(tensors, {**old, **metadata}))
+        logger.warning("%s was written without hf_sparse's header; rewriting it once to add it", os.path.basename(path))
+        tensors = load_file(path)
+        save_file(tensors, path, metadata=with_checksums(tensors, {**old, **metadata, **model_config_header(staging)}))
     save_masks(staging, masks, metadata)
-    if config is not None:
-        SparsityConfig.from_dict(config).save_pretrained(staging)
+    write_sparsity_config(staging, config)
 
 
 def save_sparse(
@@ -219,17 +198,23 @@ def save_sparse(
     """
     fmt = layout_of(compressed)
     directory = os.fspath(save_directory)
+    check_target_folder(directory)
+    refuse_adapter_folder(directory)
+    if fmt == COMPRESSED_TENSORS and _config_json(model) is None:
+        raise ValueError(
+            f"the compressed-tensors layout needs a transformers model (its config.json carries the layout's "
+            f"quantization_config); {type(model).__name__} has no config: save with compressed=True or False"
+        )
     config_dict = _config_dict(config)
     masks = resolve_masks(model, masks, config_dict)
     check_weights_follow_masks(dict(model.named_parameters()), masks, "save_sparse")
     save_id = new_save_id()
-    with save_transaction(directory, replaced_by_a_save, verify=inspect_folder) as staging:
+    with save_transaction(directory, replaced_by_a_save, verify=lambda staging: read_back(staging, model, masks, fmt)) as staging:
         if fmt == DENSE:
             write_dense_checkpoint(staging, lambda header: _write_dense_weights(model, staging, max_shard_size, header), masks,
                                    config_dict, save_id)
         else:
-            if config_dict is not None:
-                SparsityConfig.from_dict(config_dict).save_pretrained(staging)
+            write_sparsity_config(staging, config_dict)
             writer = _save_native if fmt == NATIVE else _save_compressed_tensors
             writer(model, staging, masks, config_dict, max_shard_size, save_id)
     logger.info("saved %s checkpoint to %s", fmt, directory)
@@ -238,7 +223,7 @@ def save_sparse(
 
 def _write_dense_weights(model: nn.Module, staging: str, max_shard_size: Union[int, str], header: Mapping[str, str]) -> None:
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(staging, max_shard_size=max_shard_size)  # header added by header_metadata
+        model.save_pretrained(staging, max_shard_size=max_shard_size)  # header added by adding_weights_header
     else:
         tensors, _ = _dedupe(model.state_dict())
         save_sharded(tensors, staging, WEIGHTS_PATTERN, max_shard_size, lambda keys: dict(header))
@@ -255,15 +240,22 @@ def _save_native(model: nn.Module, directory: str, masks: dict, config: Optional
         encoding, parts = native.encode(tensor, masks[name])
         encodings[name] = {"encoding": encoding, "shape": list(tensor.shape)}
         for part, value in parts.items():
-            tensors[f"{name}.sparse_{part}"] = value
+            tensors[native.part_key(name, part)] = value
     missing = sorted(set(masks) - set(encodings))
     if missing:
         raise ValueError(f"masks name tensors absent from the state dict (tied or not persistent?): {missing}")
+    ambiguous = sorted(k for k in state if k not in masks and native.split_part_key(k) is not None)
+    if ambiguous:
+        raise ValueError(
+            f"tensors {ambiguous[:3]} are named like parts of an encoded weight (<name>.sparse_<part>): the native "
+            "layout cannot store them unambiguously; save with compressed=False or 'compressed-tensors'"
+        )
     metadata = base_metadata(NATIVE, config, masks, save_id, MASKS_IN_WEIGHTS)
     metadata[KEY_ENCODINGS] = json.dumps(encodings, sort_keys=True)
     metadata[KEY_ALIASES] = json.dumps(aliases, sort_keys=True)
-    save_sharded(tensors, directory, NATIVE_PATTERN, max_shard_size, lambda keys: metadata)
     _save_config(model, directory)
+    metadata.update(model_config_header(directory))
+    save_sharded(tensors, directory, NATIVE_PATTERN, max_shard_size, lambda keys: metadata)
 
 
 def _is_24(masks: Mapping[str, torch.Tensor]) -> bool:
@@ -307,7 +299,8 @@ def _save_compressed_tensors(
     }
     exact = all(torch.equal(implied[n], masks[n]) for n in masks)
     metadata = base_metadata(COMPRESSED_TENSORS, config, masks, save_id, MASKS_IN_WEIGHTS if exact else MASKS_IN_FILE)
+    _save_config(model, directory, block)
+    metadata.update(model_config_header(directory))
     save_sharded(tensors, directory, WEIGHTS_PATTERN, max_shard_size, lambda keys: metadata)
     if not exact:
         save_masks(directory, masks, metadata)
-    _save_config(model, directory, block)

@@ -5,7 +5,9 @@ state) under "/"-joined key paths, and in its header the rest as JSON (``{"__ten
 placeholders), the sparsity config and a format version. It is one file, so it is written (and
 replaced) in one atomic step. The masks are not copied into it: they are the checkpoint's
 ``sparse_masks.safetensors`` (one masks file per save), and the header records the save id that
-file must carry, so a state is never combined with masks of another save.
+file must carry, so a state is never combined with masks of another save. The weights beside it
+(``model.safetensors`` or a peft ``adapter_model.safetensors``) must carry that save id too: a
+resume never pairs the state and masks of one checkpoint with the weights of another.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import torch
 from safetensors.torch import save_file
 
 from .files import new_save_id, save_transaction
-from .native_format import KEY_SAVE_ID, MASKS_PATTERN, base_metadata, save_masks
-from .shards import open_checkpoint, with_checksums
+from .native_format import KEY_SAVE_ID, MASKS_PATTERN, WEIGHTS_PATTERN, base_metadata, save_masks
+from .shards import open_checkpoint, read_metadata, with_checksums
 
 STATE_FILE = "sparsity_state.safetensors"
 LEGACY_STATE_JSON = "sparsity_state.json"  # hf_sparse <= format 1 wrote the state as two files
 STATE_FILES = (STATE_FILE, LEGACY_STATE_JSON)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_UNBINDABLE = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
 FORMAT_VERSION = 2
 KEY_STATE = "hf_sparse_state"
 _TENSOR_KEY = "__tensor__"
@@ -116,6 +120,12 @@ def load_sparsity_state(directory: str, expected_masks: Optional[Mapping[str, to
             f"{path} has format version {version!r}; this hf_sparse reads versions <= {FORMAT_VERSION}: upgrade hf_sparse"
         )
     state = _join(document["state"], checkpoint.load(), path)
+    check_weights_binding(directory, header.get(KEY_SAVE_ID), STATE_FILE)
+    if document.get("masks_file") is None and expected_masks is not None:
+        raise ValueError(
+            f"{path}: 'masks_file' in {KEY_STATE} is null, but resuming needs the masks of "
+            f"{len(expected_masks)} target weights: the state is incomplete or edited; resume from another checkpoint"
+        )
     if document.get("masks_file") is not None:
         masks, masks_id = read_masks_checkpoint(directory)
         if masks is None or masks_id != header.get(KEY_SAVE_ID):
@@ -129,6 +139,45 @@ def load_sparsity_state(directory: str, expected_masks: Optional[Mapping[str, to
         raise ValueError(f"{path}: 'config' in {KEY_STATE} must be an object")
     validate_state(state, path, expected_masks)
     return state, config
+
+
+def weights_save_id(directory: str) -> tuple[Optional[str], Optional[str]]:
+    """(weights file name, its save id) of a checkpoint folder: ``model.safetensors`` (or shards) or a peft
+    ``adapter_model.safetensors``; (None, None) when it holds no weights (an FSDP2 rank folder)."""
+    from .folder import save_header  # folder reads whole folders; this module is below it
+
+    checkpoint = open_checkpoint(directory, WEIGHTS_PATTERN)
+    if checkpoint is not None:
+        return os.path.basename(checkpoint.first), save_header(checkpoint).get(KEY_SAVE_ID)
+    adapter = os.path.join(directory, ADAPTER_WEIGHTS)
+    if os.path.isfile(adapter):
+        return ADAPTER_WEIGHTS, read_metadata(adapter).get(KEY_SAVE_ID)
+    for name in _UNBINDABLE:
+        if os.path.isfile(os.path.join(directory, name)):
+            return name, None
+    return None, None
+
+
+def check_weights_binding(directory: str, save_id: Optional[str], what: str) -> None:
+    """The weights in ``directory`` must be of the save that wrote ``what`` (same save id), or be absent."""
+    name, weights_id = weights_save_id(directory)
+    if name is not None and (save_id is None or weights_id != save_id):
+        written_by = "another save" if weights_id is not None else "another tool (no hf_sparse save id)"
+        raise ValueError(
+            f"{directory}: {name} and {what} are not from the same save ({name} was written by {written_by}; "
+            "files copied between checkpoints?): resuming would pair the weights of one save with the masks "
+            "and state of another. Resume from an untouched checkpoint"
+        )
+
+
+def read_back_checkpoint(staging: str) -> None:
+    """What a resume will read, read from a staged Trainer checkpoint before it replaces the old one."""
+    from .folder import inspect_folder
+
+    if open_checkpoint(staging, WEIGHTS_PATTERN) is not None:
+        inspect_folder(staging)
+    if has_sparsity_state(staging):
+        load_sparsity_state(staging)
 
 
 def validate_state(state: Mapping[str, Any], where: str, expected_masks: Optional[Mapping[str, torch.Size]] = None) -> None:

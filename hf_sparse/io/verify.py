@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import compressed_tensors as native
+from . import native_codec as native
 from . import ct_layout
 from .folder import Folder
 from .native_format import COMPRESSED_TENSORS, DENSE, KEY_ALIASES, KEY_ENCODINGS, NATIVE, json_meta
@@ -96,7 +96,7 @@ def stored_view(folder: Folder) -> tuple[dict[str, TensorInfo], dict]:
     infos = dict(folder.weights.tensors)
     encodings: dict = {}
     if folder.layout == NATIVE:
-        encodings = json_meta(folder.header_metadata, KEY_ENCODINGS, folder.weights.first)
+        encodings = json_meta(folder.first_file_metadata, KEY_ENCODINGS, folder.weights.first)
         if not isinstance(encodings, dict):
             raise ValueError(f"{folder.weights.first} lacks hf_sparse's encodings header: not an hf_sparse compressed file")
         for name, info in encodings.items():
@@ -105,14 +105,14 @@ def stored_view(folder: Folder) -> tuple[dict[str, TensorInfo], dict]:
                 raise ValueError(f"{folder.weights.first}: {KEY_ENCODINGS}[{name!r}] has no valid 'encoding' ({info!r})")
             if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
                 raise ValueError(f"{folder.weights.first}: {KEY_ENCODINGS}[{name!r}] has no valid shape ({info!r})")
-            parts = {k for k in infos if k.startswith(f"{name}.sparse_")}
-            values = infos.get(f"{name}.sparse_values")
+            parts = {native.part_key(name, p) for p in native.PART_NAMES} & set(infos)
+            values = infos.get(native.part_key(name, "values"))
             if values is None:
                 raise ValueError(f"{folder.weights.first}: {name} is missing its 'values' part")
             for key in parts:
                 del infos[key]
             infos[name] = TensorInfo(values.path, values.dtype, tuple(shape))
-        stray = sorted(k for k in infos if ".sparse_" in k)
+        stray = sorted(k for k in infos if native.split_part_key(k) is not None)
         if stray:
             raise ValueError(f"{folder.weights.first}: encoded parts {stray[:3]} belong to no entry of {KEY_ENCODINGS}: corrupt")
     elif folder.layout == COMPRESSED_TENSORS:
@@ -186,9 +186,9 @@ def decode_weights(folder: Folder, layout: ModelLayout, encodings: dict) -> tupl
     masks: Masks = {}
     parts_of: dict[str, dict[str, torch.Tensor]] = {name: {} for name in encodings}
     for key, value in tensors.items():
-        base, _, part = key.rpartition(".sparse_")
-        if base in parts_of:
-            parts_of[base][part] = value
+        split = native.split_part_key(key)
+        if split is not None and split[0] in parts_of:
+            parts_of[split[0]][split[1]] = value
         else:
             state[key] = value
     for name, info in encodings.items():
@@ -208,4 +208,4 @@ def expected_layout(folder: Folder, model_class: Optional[type] = None) -> Optio
 
 
 def aliases(folder: Folder) -> dict:
-    return json_meta(folder.header_metadata, KEY_ALIASES, folder.weights.first) or {}
+    return json_meta(folder.first_file_metadata, KEY_ALIASES, folder.weights.first) or {}

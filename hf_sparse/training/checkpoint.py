@@ -7,20 +7,12 @@ an interrupted save leaves the previous checkpoint in ``output_dir`` as it was.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Optional
 
 from ..io.files import new_save_id, save_transaction
-from ..io.folder import inspect_folder
-from ..io.save import replaced_by_a_save, write_dense_checkpoint
-from ..io.training_state import write_state
-
-
-def _verify(staging: str) -> None:
-    if os.path.isfile(os.path.join(staging, "model.safetensors")) or os.path.isfile(
-        os.path.join(staging, "model.safetensors.index.json")
-    ):
-        inspect_folder(staging)
+from ..io.replace_policy import replaced_by_a_trainer_save
+from ..io.save import write_dense_checkpoint
+from ..io.training_state import read_back_checkpoint, write_state
 
 
 def save_checkpoint(
@@ -31,7 +23,7 @@ def save_checkpoint(
     ``config`` the run's ``SparsityConfig`` or None."""
     config_dict = config.to_dict() if config is not None else None
     save_id = new_save_id()
-    with save_transaction(output_dir, replaced_by_a_save, verify=_verify) as staging:
+    with save_transaction(output_dir, replaced_by_a_trainer_save, verify=read_back_checkpoint) as staging:
         masks = {name: mask.detach().cpu() for name, mask in sparsity_state["masks"].items()}
         write_dense_checkpoint(staging, lambda header: write_trainer_files(staging), masks, config_dict, save_id)
         write_state(staging, sparsity_state, config_dict or {}, save_id)

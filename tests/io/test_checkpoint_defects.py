@@ -17,7 +17,7 @@ import hf_sparse
 from hf_sparse.__main__ import main
 from hf_sparse.io.training_state import KEY_STATE, STATE_FILE, load_sparsity_state, save_sparsity_state, validate_state
 
-from ckpt_helpers import edit_header, files_of, masks_equal, metadata_of, rewrite, save
+from ckpt_helpers import edit_header, files_of, masks_equal, metadata_of, rewrite, save, unbind_config
 from helpers import tiny_bert
 from export_helpers import assert_bitwise_equal, prune, state
 
@@ -150,7 +150,12 @@ def test_6_alias_to_an_untied_weight_is_refused(tmp_path):
     data = _config(tmp_path)
     data["tie_word_embeddings"] = False
     (tmp_path / "config.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="does not tie them"):
+    with pytest.raises(ValueError, match="'tie_word_embeddings' is False but .* was saved with True"):
+        hf_sparse.load_sparse(tmp_path)  # config.json is bound to the weights (issue 25)
+    from hf_sparse.io.native_format import KEY_MODEL_CONFIG
+
+    edit_header(tmp_path / "model.sparse.safetensors", lambda h: h["__metadata__"].pop(KEY_MODEL_CONFIG))
+    with pytest.raises(ValueError, match="does not tie them"):  # without that binding, the alias check holds
         hf_sparse.load_sparse(tmp_path)
 
 
@@ -191,6 +196,9 @@ def test_8_header_shapes_are_checked_before_allocation(tmp_path):
     data = _config(tmp_path / "big")
     data["hidden_size"] = 10**6
     (tmp_path / "big" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="'hidden_size' is 1000000 but .* was saved with 32"):
+        hf_sparse.load_sparse(tmp_path / "big")  # config.json is bound to the weights (issue 25)
+    unbind_config(tmp_path / "big")
     with pytest.raises(ValueError, match="in the file but .* in the model"):
         hf_sparse.load_sparse(tmp_path / "big")
     assert time.perf_counter() - start < 10  # nothing of the asked size was allocated
@@ -251,7 +259,7 @@ def test_11_inspect_of_a_plain_folder_is_not_100_percent(tmp_path, capsys):
 def test_12_index_and_shard_tricks_are_refused(tmp_path):
     """Old: unsorted column indices decoded into wrong columns; a tensor duplicated into a later shard
     silently won; the format version was read from merged metadata (shard 2 saying 99 was ignored)."""
-    from hf_sparse.io import compressed_tensors as native
+    from hf_sparse.io import native_codec as native
 
     weight = torch.zeros(2, 8)
     weight[0, 1], weight[0, 5], weight[1, 2] = 1.0, 2.0, 3.0

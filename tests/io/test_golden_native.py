@@ -16,7 +16,7 @@ import struct
 import torch
 
 import hf_sparse
-from hf_sparse.io import compressed_tensors as native
+from hf_sparse.io import native_codec as native
 
 from ckpt_helpers import golden_model, masks_equal, metadata_of
 from export_helpers import assert_bitwise_equal, state
@@ -93,7 +93,7 @@ def test_dense_header_is_in_the_first_write_or_added_once(tmp_path, monkeypatch)
     assert "hf_sparse_save_id" in metadata_of(tmp_path / "first" / "model.safetensors")
     assert not warnings
     # a transformers that bypasses the wrapped writer: the header is still there, in a second write
-    monkeypatch.setattr(save_module, "header_metadata", lambda staging, metadata: contextlib.nullcontext())
+    monkeypatch.setattr(save_module, "adding_weights_header", lambda staging, metadata: contextlib.nullcontext())
     hf_sparse.save_sparse(model, tmp_path / "second", masks=masks)
     assert any("without hf_sparse's header" in w for w in warnings)
     assert "hf_sparse_save_id" in metadata_of(tmp_path / "second" / "model.safetensors")

@@ -1,0 +1,142 @@
+"""One test per finding of issue 25 (checkpoints, round two): what loads is what was saved, or it
+does not load; nothing that is not the save's own is deleted; bad input is a clear error.
+
+Each test failed on the code before the fix (the old behaviour is in its docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import tracemalloc
+
+import pytest
+import torch
+from torch import nn
+
+import hf_sparse
+from hf_sparse.__main__ import main
+
+from ckpt_helpers import files_of, masks_equal, metadata_of, rewrite, save
+from helpers import PairDataset, tiny_bert, training_args
+from export_helpers import assert_bitwise_equal, prune, state
+
+
+def _saved(tmp_path, name="src", compressed=False, seed=0, sparsity=0.9):
+    model = tiny_bert(seed=seed)
+    masks = prune(model, sparsity)
+    folder = tmp_path / name
+    save(model, folder, masks=masks, compressed=compressed, config=hf_sparse.SparsityConfig(method="gmp", sparsity=sparsity))
+    return model, masks, folder
+
+
+# -- data loss -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["export", "compress"])
+def test_7_output_link_to_the_source_is_refused(tmp_path, command, capsys):
+    """Old: the same-folder check compared abspath, so --out LINK (a symlink to SRC) converted the
+    source in place, deleting model.safetensors, the masks and a hand-written README."""
+    _, _, source = _saved(tmp_path)
+    (source / "README.md").write_text("my own notes\n")
+    before = files_of(source)
+    link = tmp_path / "link"
+    os.symlink(source, link)
+    assert main([command, str(source), "--out", str(link)]) == 2
+    assert "same folder" in capsys.readouterr().err
+    assert files_of(source) == before
+    with pytest.raises(ValueError, match="same folder"):
+        hf_sparse.io.resave.convert(str(source), str(link) + "/", True, "5GB", card=True)
+    assert files_of(source) == before
+
+
+def test_8_save_sparse_into_a_lora_adapter_folder_keeps_the_adapter(tmp_path):
+    """Old: save_sparse deleted adapter_model.safetensors, kept adapter_config.json, and every later
+    load failed with a raw FileNotFoundError."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"adapter weights")
+    before = files_of(folder)
+    model = tiny_bert()
+    masks = prune(model, 0.5)
+    with pytest.raises(ValueError, match="adapter_model.safetensors"):
+        hf_sparse.save_sparse(model, folder, masks=masks)
+    assert files_of(folder) == before
+    assert not any(n.startswith(".tmp-") for n in os.listdir(folder))
+
+
+@pytest.mark.parametrize("no_card", [True, False], ids=["no-card", "card"])
+def test_9_export_keeps_a_hand_written_readme_in_the_target(tmp_path, no_card):
+    """Old: export --no-card deleted the target's own README.md (the step meant to drop a copied card)."""
+    _, _, source = _saved(tmp_path)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "README.md").write_text("hand-written\n")
+    assert main(["export", str(source), "--out", str(target), "--layout", "native"] + (["--no-card"] if no_card else [])) == 0
+    assert (target / "README.md").read_text() == "hand-written\n"
+    hf_sparse.load_sparse(target)
+
+
+class _Encoded(nn.Module):
+    """A model whose submodule name looks like a native encoded part (``<name>.sparse_<part>``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.sparse_proj = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+
+def test_10_a_save_is_read_back_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """Old: a compressed=True save of a model with a submodule named ``encoder.sparse_proj`` passed
+    the header-only staging check and could never be read back (the old checkpoint was gone)."""
+    torch.manual_seed(0)
+    model = _Encoded()
+    masks = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight"):
+                masks[name] = param.abs() >= param.abs().flatten().kthvalue(param.numel() * 3 // 4).values
+                param.masked_fill_(~masks[name], 0.0)
+    save(model, tmp_path, masks=masks, compressed=True)
+    fresh = _Encoded()
+    loaded, loaded_masks = hf_sparse.load_sparse(tmp_path, model=fresh)
+    assert_bitwise_equal(state(loaded), state(model))
+    assert masks_equal(loaded_masks, masks)
+    # a writer bug that the headers cannot see (values shuffled) is caught by reading the save back
+    before = files_of(tmp_path)
+    from hf_sparse.io import native_codec
+
+    original = native_codec.encode
+
+    def wrong(weight, mask, encoding=None):
+        encoding, parts = original(weight, mask, encoding)
+        parts["values"] = parts["values"].flip(0)
+        return encoding, parts
+
+    monkeypatch.setattr(native_codec, "encode", wrong)
+    with pytest.raises(ValueError, match="read back"):
+        save(model, tmp_path, masks=masks, compressed=True)
+    assert files_of(tmp_path) == before
+
+
+def test_11_symlinked_extra_files_are_never_followed(tmp_path, monkeypatch):
+    """Old: a symlinked extra file in the source of export / push_to_hub(compressed=True) copied the
+    content of the link's target into the output (and uploaded it)."""
+    _, _, source = _saved(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for upload")
+    os.symlink(secret, source / "notes.txt")
+    with pytest.raises(ValueError, match="notes.txt.*link"):
+        hf_sparse.io.resave.convert(str(source), str(tmp_path / "out"), True, "5GB", card=False)
+    assert not (tmp_path / "out" / "notes.txt").exists()
+    uploads = []
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw))
+    for compressed in (True, None):
+        with pytest.raises(ValueError, match="notes.txt.*link"):
+            hf_sparse.push_to_hub(source, "me/x", compressed=compressed)
+    assert uploads == []
