@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 import hf_sparse
+import hf_sparse.io.load
+import hf_sparse.io.resave
 from hf_sparse.__main__ import main
 
 from ckpt_helpers import files_of, masks_equal, metadata_of, rewrite, save
@@ -140,3 +142,103 @@ def test_11_symlinked_extra_files_are_never_followed(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="notes.txt.*link"):
             hf_sparse.push_to_hub(source, "me/x", compressed=compressed)
     assert uploads == []
+
+
+# -- silent wrong results ----------------------------------------------------------------------------
+GMP = dict(method="gmp", sparsity=0.75, start=0, end=0.5, update_every=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A 12-step SparseTrainer run with checkpoints at steps 4, 8 and 12."""
+    out = tmp_path_factory.mktemp("run")
+    trainer = hf_sparse.SparseTrainer(model=tiny_bert(), args=training_args(out, save_strategy="steps", save_steps=4),
+                                      train_dataset=PairDataset(), sparsity_config=hf_sparse.SparsityConfig(**GMP))
+    trainer.train()
+    return out
+
+
+def _resume(tmp_path, checkpoint):
+    trainer = hf_sparse.SparseTrainer(model=tiny_bert(), args=training_args(tmp_path / "resumed"),
+                                      train_dataset=PairDataset(), sparsity_config=hf_sparse.SparsityConfig(**GMP))
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    return trainer
+
+
+@pytest.mark.parametrize("copied", [("model.safetensors",), ("sparsity_state.safetensors", "sparse_masks.safetensors")],
+                         ids=["weights", "state+masks"])
+def test_1_resume_refuses_files_of_two_saves(tmp_path, checkpoints, copied):
+    """Old: checkpoint-8's weights (or its state + masks pair) copied into checkpoint-4 resumed with
+    the weights of one save and the masks of the other, with no error."""
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(checkpoints / "checkpoint-4", folder)
+    for name in copied:
+        shutil.copy2(checkpoints / "checkpoint-8" / name, folder / name)
+    with pytest.raises(ValueError, match="not from the same save"):
+        _resume(tmp_path, folder)
+    resumed = _resume(tmp_path, checkpoints / "checkpoint-4")  # the untouched checkpoint resumes
+    assert resumed.state.global_step == resumed.state.max_steps
+
+
+def test_2_config_json_edits_that_change_what_loads_are_refused(tmp_path):
+    """Old: "dtype": "bfloat16" in the config of an fp32 dense save loaded bf16 weights (and export
+    wrote them rounded for good); tie_word_embeddings added to an untied save replaced the embeddings
+    with the decoder weights in the native and compressed-tensors layouts."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    for compressed in (False, True, "compressed-tensors"):
+        model, _, folder = _saved(tmp_path, f"dtype-{compressed}", compressed=compressed)
+        config = json.loads((folder / "config.json").read_text())
+        config["dtype"] = "bfloat16"
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match="'dtype' is 'bfloat16' but .* was saved with"):
+            hf_sparse.load_sparse(folder)
+        assert main(["export", str(folder), "--out", str(tmp_path / f"out-{compressed}")]) == 2
+    torch.manual_seed(0)
+    untied = BertForMaskedLM(BertConfig(vocab_size=48, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, max_position_embeddings=16, tie_word_embeddings=False))
+    prune(untied, 0.5)
+    for compressed in (True, "compressed-tensors"):
+        folder = tmp_path / f"untied-{compressed}"
+        save(untied, folder, compressed=compressed)
+        config = json.loads((folder / "config.json").read_text())
+        config["tie_word_embeddings"] = True
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match="'tie_word_embeddings' is True but .* was saved with False"):
+            hf_sparse.load_sparse(folder)
+
+
+def _adapter_save(tmp_path, name, seed):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_bert(seed=seed)
+    masks = prune(model, 0.5 + 0.2 * seed)
+    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], r=4))
+    trainer = hf_sparse.SparseTrainer(model=peft_model, args=training_args(tmp_path / f"run-{name}"), base_masks=masks)
+    trainer.save_model(str(tmp_path / name))
+    return peft_model, tmp_path / name
+
+
+def test_4_lora_adapter_masks_are_bound_to_the_adapter(tmp_path):
+    """Old: the adapter header held no save id: another run's sparse_masks.safetensors swapped into an
+    adapter folder was accepted by merge_and_unload, which then kept base weights zeroed."""
+    from hf_sparse.io.native_format import KEY_SAVE_ID
+
+    peft_a, folder_a = _adapter_save(tmp_path, "a", seed=0)
+    _, folder_b = _adapter_save(tmp_path, "b", seed=1)
+    assert metadata_of(folder_a / "adapter_model.safetensors")[KEY_SAVE_ID] == metadata_of(folder_a / "sparse_masks.safetensors")[KEY_SAVE_ID]
+    shutil.copy2(folder_b / "sparse_masks.safetensors", folder_a / "sparse_masks.safetensors")
+    shutil.copy2(folder_b / "sparsity_config.json", folder_a / "sparsity_config.json")
+    with pytest.raises(ValueError, match="not from the same save"):
+        hf_sparse.merge_and_unload(peft_a, folder_a)
+
+
+def test_5_a_stale_sparsity_config_json_is_refused(tmp_path):
+    """Old: a sparsity_config.json from another run beside a save: export wrote its method and
+    sparsity into the header and the card instead of the source header's."""
+    _, _, folder = _saved(tmp_path)
+    hf_sparse.SparsityConfig(method="rigl", sparsity=0.5).save_pretrained(folder)
+    with pytest.raises(ValueError, match="sparsity_config.json differs from the sparsity config recorded"):
+        hf_sparse.load_sparse(folder)
+    assert main(["export", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out" / "README.md").exists()
