@@ -120,6 +120,8 @@ def _make_class() -> type:
         flag = f"sparsity_{f.name}" if f.name in taken else f.name
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata.get("help", "") + (f" (SparsityConfig default: {default})" if default is not None else "")
+        if f.name == "method_args":
+            help_text += " Each method's options: python -m hf_sparse config --method NAME --explain."
         specs.append((flag, Optional[_flag_type(f.name, hints[f.name])], field(default=None, metadata={"help": help_text})))
         flag_to_field[flag] = f.name
     cls = dataclasses.make_dataclass(
