@@ -47,7 +47,6 @@ _EXPORTS: dict[str, str] = {
     "to_semi_structured": ".inference.semi_structured",
     "to_sparse_inference": ".inference.convert",
     "train_dense_then_sparse": ".training.two_stage",
-    "watch_predictions": ".training.diagnostics",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -89,7 +88,7 @@ if TYPE_CHECKING:  # eager imports for type checkers and IDEs only
     from .reporting.size_speed import SizeSpeedReport, report
     from .reporting.sparsity_report import SparsityReport, sparsity_report
     from .training.callback import SparsityCallback
-    from .training.diagnostics import UnderTrainingCallback, at_majority_rate, watch_predictions
+    from .training.diagnostics import UnderTrainingCallback, at_majority_rate
     from .training.distill import DistillationConfig
     from .presets import available_presets, recommend_schedule_scale
     from .training.arguments import SparsityArguments

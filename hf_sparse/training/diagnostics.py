@@ -15,8 +15,9 @@ failure modes look alike in a loss curve and need opposite advice:
 
 ``undertraining_verdict``, ``chance_level_verdict`` and ``eval_at_chance`` are pure functions;
 ``UnderTrainingCallback`` runs them during training. It is a plain ``TrainerCallback``: a dense
-``transformers.Trainer`` uses it too (``callbacks=[UnderTrainingCallback(sparse=False)]``, and
-``compute_metrics=watch_predictions(compute_metrics)`` for the prediction-distribution check).
+``transformers.Trainer`` uses it too (``callbacks=[diagnostics]`` with
+``diagnostics = UnderTrainingCallback(sparse=False)``, and ``compute_metrics=diagnostics.watch(fn)``
+for the prediction-distribution check).
 ``at_majority_rate(predictions, labels)`` marks benchmark rows that learned nothing.
 """
 
@@ -170,41 +171,54 @@ def at_majority_rate(predictions: Any, labels: Any, tolerance: float = MAJORITY_
     return bool(float((predicted == truth).mean()) <= rate + tolerance)
 
 
-def watch_predictions(compute_metrics: Optional[Callable]) -> Optional[Callable]:
-    """Wrap a Trainer's ``compute_metrics`` to add what the not-learning check needs from the predictions.
+@dataclass
+class PredictionStats:
+    """What the not-learning check reads from one evaluation's predictions (classifier outputs only)."""
 
-    Adds ``predicted_class_share`` (share of the most predicted class; 1.0 = one answer for every
-    example) and ``label_majority_rate`` for classifier outputs. None stays None (the Trainer then
-    gathers no predictions at all).
+    predicted_class_share: float  # share of the most predicted class; 1.0 = one answer for every example
+    label_majority_rate: float  # accuracy of always answering the labels' majority class
+
+
+def prediction_stats(eval_prediction: Any) -> Optional[PredictionStats]:
+    """:class:`PredictionStats` of a Trainer ``EvalPrediction`` with one row of class scores per example (else None)."""
+    try:
+        raw = eval_prediction.predictions
+        values = np.asarray(raw[0] if isinstance(raw, tuple) else raw)
+        labels = np.asarray(eval_prediction.label_ids).reshape(-1)
+    except (AttributeError, ValueError, TypeError):
+        return None
+    if values.ndim != 2 or values.shape[-1] < 2 or values.shape[0] != labels.size or labels.size == 0:
+        return None
+    predicted = values.argmax(-1)
+    return PredictionStats(float(np.bincount(predicted).max() / predicted.size), majority_rate(labels.tolist()))
+
+
+def watch_predictions(compute_metrics: Optional[Callable], callback: "UnderTrainingCallback") -> Optional[Callable]:
+    """Wrap a Trainer's ``compute_metrics`` so ``callback`` sees each evaluation's prediction distribution.
+
+    The metrics are returned unchanged (nothing is added to them or to the model card);
+    :func:`prediction_stats` goes to ``callback.prediction_stats``, read by its ``on_evaluate``. None
+    stays None (the Trainer then gathers no predictions at all).
     """
-    if compute_metrics is None or getattr(compute_metrics, "_hf_sparse_watched", False):
+    if compute_metrics is None or getattr(compute_metrics, "_hf_sparse_watched_by", None) is callback:
         return compute_metrics
 
-    def watched(eval_prediction: Any) -> dict:
-        metrics = dict(compute_metrics(eval_prediction))
-        try:
-            values = np.asarray(eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple)
-                                else eval_prediction.predictions)
-            labels = np.asarray(eval_prediction.label_ids).reshape(-1)
-        except (AttributeError, ValueError):
-            return metrics
-        if values.ndim == 2 and values.shape[-1] >= 2 and values.shape[0] == labels.size:  # one class per example
-            predicted = values.argmax(-1)
-            metrics.setdefault("predicted_class_share", float(np.bincount(predicted).max() / predicted.size))
-            metrics.setdefault("label_majority_rate", majority_rate(labels.tolist()))
+    def watched(eval_prediction: Any) -> Any:
+        metrics = compute_metrics(eval_prediction)
+        callback.prediction_stats = prediction_stats(eval_prediction)
         return metrics
 
-    watched._hf_sparse_watched = True  # type: ignore[attr-defined]
+    watched._hf_sparse_watched_by = callback  # type: ignore[attr-defined]
     return watched
 
 
-def eval_at_chance(metrics: dict, majority: Optional[float] = None) -> list[str]:
+def eval_at_chance(metrics: dict, majority: Optional[float] = None, stats: Optional[PredictionStats] = None) -> list[str]:
     """Why an evaluation is no better than chance (empty when it is better, or cannot be told).
 
-    Not learning when the predictions collapse to one class (``predicted_class_share`` from
-    :func:`watch_predictions`), or when every metric with a known chance value is at it: accuracy at
-    the majority rate (``majority``, or ``label_majority_rate``), MCC / Pearson / Spearman at 0 (NaN:
-    constant predictions). Other metrics (F1, MSE, a custom score) are not judged.
+    Not learning when the predictions collapse to one class (``stats`` from :func:`prediction_stats`),
+    or when every metric with a known chance value is at it: accuracy at the majority rate
+    (``majority``, else the rate in ``stats``), MCC / Pearson / Spearman at 0 (NaN: constant
+    predictions). Other metrics (F1, MSE, a custom score) are not judged.
     """
     def value(name: str) -> Optional[float]:
         for key in (f"eval_{name}", name):
@@ -212,9 +226,8 @@ def eval_at_chance(metrics: dict, majority: Optional[float] = None) -> list[str]
                 return float(metrics[key])
         return None
 
-    share, rate = value("predicted_class_share"), value("label_majority_rate")
-    rate = rate if rate is not None else majority
-    collapsed = share is not None and share >= ONE_CLASS_SHARE and (rate is None or rate < ONE_CLASS_SHARE)
+    rate = majority if majority is not None else (stats.label_majority_rate if stats is not None else None)
+    collapsed = stats is not None and stats.predicted_class_share >= ONE_CLASS_SHARE and stats.label_majority_rate < ONE_CLASS_SHARE
     reasons, judged = [], 0
     accuracy = value("accuracy")
     if accuracy is not None and rate is not None:
@@ -229,7 +242,7 @@ def eval_at_chance(metrics: dict, majority: Optional[float] = None) -> list[str]
         if math.isnan(score) or abs(score) <= CORRELATION_TOLERANCE:
             reasons.append(f"{name} {score:.4f} is at its chance value 0")
     if collapsed:
-        return [f"{100 * share:.1f}% of the predictions are one class"] + reasons
+        return [f"{100 * stats.predicted_class_share:.1f}% of the predictions are one class"] + reasons
     return reasons if judged and len(reasons) == judged else []
 
 
@@ -343,6 +356,8 @@ class UnderTrainingCallback(TrainerCallback):
         self.loss_is_cross_entropy = True
         #: Why the last evaluation was at chance (empty: it was not, or there was none).
         self.eval_not_learning: list[str] = []
+        #: The prediction distribution of the evaluation in progress (set by a watched ``compute_metrics``).
+        self.prediction_stats: Optional[PredictionStats] = None
         self._chance_loss: Optional[float] = None
         self._majority: Optional[tuple[Any, Optional[float]]] = None  # (eval dataset, its majority rate)
 
@@ -354,19 +369,25 @@ class UnderTrainingCallback(TrainerCallback):
         labels = _dataset_labels(train_dataloader, columns) if kind is not None else None
         self._chance_loss = chance_loss_of(model, labels)
 
+    def watch(self, compute_metrics: Optional[Callable]) -> Optional[Callable]:
+        """``compute_metrics`` wrapped so this callback sees the predictions (:func:`watch_predictions`)."""
+        return watch_predictions(compute_metrics, self)
+
     def on_evaluate(self, args, state, control, metrics=None, model=None, eval_dataloader=None, **kwargs):
         metrics = metrics or {}
-        rate = None
-        if "eval_accuracy" in metrics and "eval_label_majority_rate" not in metrics and classifier_labels(model) is not None:
+        stats, self.prediction_stats = self.prediction_stats, None  # this evaluation's, if compute_metrics is watched
+        rate = stats.label_majority_rate if stats is not None else None
+        if rate is None and "eval_accuracy" in metrics and classifier_labels(model) is not None:
             rate = self._majority_rate(eval_dataloader)
-        reasons = eval_at_chance(metrics, rate)
+        reasons = eval_at_chance(metrics, rate, stats)
         self.eval_not_learning = reasons
         if not reasons:
             return
-        entry = {"step": state.global_step, "not_learning_eval": True}
-        if rate is not None or "eval_label_majority_rate" in metrics:
-            entry.update(majority_rate=rate if rate is not None else metrics["eval_label_majority_rate"],
-                         majority_eval_accuracy=metrics.get("eval_accuracy"))
+        entry: dict[str, Any] = {"step": state.global_step, "not_learning_eval": True}
+        if rate is not None:
+            entry.update(majority_rate=rate, majority_eval_accuracy=metrics.get("eval_accuracy"))
+        if stats is not None:
+            entry["predicted_class_share"] = stats.predicted_class_share
         state.log_history.append(entry)
         message = f"evaluation at chance: {'; '.join(reasons)}: the model has not learned the task; {self.advice}."
         logger.warning(message)

@@ -16,7 +16,7 @@ from . import fsdp
 from .callback import SparsityCallback, sparsity_logs
 from .card_hub import push_compressed, write_trainer_card
 from .checkpoint import save_checkpoint
-from .diagnostics import UnderTrainingCallback, watch_predictions
+from .diagnostics import UnderTrainingCallback
 from .distill import DistillationConfig
 from .engine import build_engine, ignores_loss_kwargs
 from .resume import restore_sparsity_state
@@ -43,7 +43,7 @@ class SparseTrainer(Trainer):
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
         self.undertraining = UnderTrainingCallback()
         self.add_callback(self.undertraining)
-        self.compute_metrics = watch_predictions(self.compute_metrics)  # the not-learning check sees the predictions
+        self.compute_metrics = self.undertraining.watch(self.compute_metrics)  # the not-learning check sees the predictions
         args_before, self.args = self.args, scaled_arguments(self.args, self.sparsity_config)
         run_changes = announce_run_changes(self.sparsity_config, args_before, self.args)
         self.run_changes = run_changes.lines

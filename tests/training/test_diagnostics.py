@@ -20,7 +20,7 @@ from hf_sparse.training.diagnostics import (
     majority_rate,
     prior_entropy,
     undertraining_verdict,
-    watch_predictions,
+    PredictionStats,
 )
 
 from helpers import PairDataset, tiny_bert, training_args
@@ -175,34 +175,38 @@ def test_the_trainer_flags_a_classifier_at_an_imbalanced_prior(tmp_path, caplog)
 
 
 @pytest.mark.parametrize(
-    "metrics,at_chance",
+    "metrics,stats,at_chance",
     [
-        ({"eval_matthews_correlation": 0.0}, True),  # CoLA, a constant predictor
-        ({"eval_matthews_correlation": 0.31}, False),
-        ({"eval_pearson": float("nan"), "eval_spearmanr": float("nan"), "eval_mse": 2.0}, True),  # STS-B, constant
-        ({"eval_pearson": 0.01, "eval_spearmanr": 0.6}, False),  # one correlation learned something
-        ({"eval_accuracy": 0.63, "eval_label_majority_rate": 0.63}, True),
-        ({"eval_accuracy": 0.80, "eval_label_majority_rate": 0.63}, False),
-        ({"eval_f1": 0.0, "eval_predicted_class_share": 1.0, "eval_label_majority_rate": 0.6}, True),  # one class
-        ({"eval_f1": 0.7}, False),  # no known chance value: not judged
+        ({"eval_matthews_correlation": 0.0}, None, True),  # CoLA, a constant predictor
+        ({"eval_matthews_correlation": 0.31}, None, False),
+        ({"eval_pearson": float("nan"), "eval_spearmanr": float("nan"), "eval_mse": 2.0}, None, True),  # STS-B, constant
+        ({"eval_pearson": 0.01, "eval_spearmanr": 0.6}, None, False),  # one correlation learned something
+        ({"eval_accuracy": 0.63}, PredictionStats(0.8, 0.63), True),
+        ({"eval_accuracy": 0.80}, PredictionStats(0.7, 0.63), False),
+        ({"eval_f1": 0.0}, PredictionStats(1.0, 0.6), True),  # every prediction in one class
+        ({"eval_f1": 0.0}, PredictionStats(1.0, 0.995), False),  # the labels are one class too: cannot tell
+        ({"eval_f1": 0.7}, None, False),  # no known chance value: not judged
     ],
 )
-def test_the_eval_side_check_reads_any_metric(metrics, at_chance):
-    assert bool(eval_at_chance(metrics)) is at_chance
+def test_the_eval_side_check_reads_any_metric(metrics, stats, at_chance):
+    assert bool(eval_at_chance(metrics, stats=stats)) is at_chance
 
 
-def test_watch_predictions_adds_the_prediction_distribution():
+def test_a_watched_compute_metrics_hands_the_prediction_distribution_to_the_callback():
     from transformers import EvalPrediction
 
     def accuracy(p):
         return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
 
-    watched = watch_predictions(accuracy)
+    callback = UnderTrainingCallback()
+    watched = callback.watch(accuracy)
     logits = np.array([[2.0, 0.0]] * 6 + [[0.0, 1.0]] * 2)
     labels = np.array([0, 0, 0, 0, 0, 1, 1, 1])
-    metrics = watched(EvalPrediction(predictions=logits, label_ids=labels))
-    assert metrics == {"accuracy": 7 / 8, "predicted_class_share": 0.75, "label_majority_rate": 5 / 8}
-    assert watch_predictions(watched) is watched and watch_predictions(None) is None
+    assert watched(EvalPrediction(predictions=logits, label_ids=labels)) == {"accuracy": 7 / 8}  # metrics untouched
+    assert callback.prediction_stats == PredictionStats(0.75, 5 / 8)
+    assert callback.watch(watched) is watched and callback.watch(None) is None
+    watched(EvalPrediction(predictions=np.array([0.1, 0.2]), label_ids=np.array([0.0, 1.0])))  # regression: no stats
+    assert callback.prediction_stats is None
 
 
 def test_the_trainer_flags_an_mcc_at_zero_without_accuracy(tmp_path, caplog):
@@ -259,7 +263,7 @@ def test_a_plain_trainer_diagnoses_the_dense_stage(tmp_path, caplog):
     trainer = Trainer(model=model, args=training_args(tmp_path, learning_rate=0.0, max_steps=8, logging_steps=1,
                                                       eval_strategy="steps", eval_steps=8),
                       train_dataset=data, eval_dataset=data, callbacks=[callback],
-                      compute_metrics=watch_predictions(lambda p: {"f1": 0.0}))
+                      compute_metrics=callback.watch(lambda p: {"f1": 0.0}))
     with caplog.at_level(logging.WARNING, logger="hf_sparse"):
         trainer.train()
     assert callback.chance.at_chance is True and "NOT learning" in caplog.text
