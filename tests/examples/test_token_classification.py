@@ -127,3 +127,19 @@ def test_bad_arguments_are_refused(tmp_path):
         run.main(["--train_file", "x.json", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="eval_split"):
         run.main(["--eval_split", "train", "--output_dir", str(tmp_path)])
+
+
+def test_the_benchmarks_paired_bootstrap_of_entity_f1():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import token_classification as bench
+
+    def sentences(hit_every: int) -> list[dict]:
+        return [{"gold_entities": 1, "pred_entities": 1, "correct_entities": int(i % hit_every == 0)} for i in range(60)]
+
+    better = {1: sentences(1), 2: sentences(1)}
+    worse = {1: sentences(2), 2: sentences(3)}
+    low, high = bench.paired_bootstrap(better, worse, samples=300)
+    assert 0 < low <= high < 1  # always better on the same sentences: the whole interval above 0
+    assert bench.paired_bootstrap(worse, worse, samples=50) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="different sentences"):
+        bench.paired_bootstrap(better, {1: sentences(1)[:10], 2: sentences(1)[:10]}, samples=5)
