@@ -296,3 +296,17 @@ class MaskEngine:
         self.update_count = int(state.get("update_count", 0))
         self.method.load_state_dict(state.get("method", {}))
         self.apply_masks()
+
+
+def __getattr__(name: str) -> Any:
+    """``hf_sparse.core.sparsifier.Sparsifier``, deprecated: the config-built engine is ``hf_sparse.Sparsifier``
+    (one layer up, where the registry and the checkpoint readers are); ``MaskEngine`` is this module's class."""
+    if name == "Sparsifier":
+        import warnings
+
+        from ..sparsifier import Sparsifier  # the one upward import, allowed for this alias in tests/test_layers.py
+
+        warnings.warn("hf_sparse.core.sparsifier.Sparsifier is deprecated: use hf_sparse.Sparsifier",
+                      DeprecationWarning, stacklevel=2)
+        return Sparsifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
