@@ -96,6 +96,10 @@ def run_row(row: str, seed: int, split: str, work_dir: str, bench_argv: list[str
     predictions = os.path.join(out, "predictions.jsonl")
     argv = [*COMMON, *spec["args"], "--seed", str(seed), "--eval_split", split, "--output_dir", out,
             "--predictions_file", predictions, "--max_train_samples", str(TRAIN_SAMPLES)]
+    saved_only = not spec["teacher"] and os.path.isfile(os.path.join(out, "config.json")) and not os.path.isfile(
+        os.path.join(out, "results.json"))
+    if saved_only:  # trained by this argv, stopped before its results (a crash after save_model): evaluate it
+        argv += ["--do_train", "False", "--model_name_or_path", out]
     if spec["teacher"]:
         teacher = model_dir(work_dir, "dense", seed, split)
         if not os.path.isfile(os.path.join(teacher, "config.json")):
@@ -117,7 +121,8 @@ def run_row(row: str, seed: int, split: str, work_dir: str, bench_argv: list[str
     record = {
         "row": row, "seed": seed, "split": split, "benchmark_argv": bench_argv, "run_argv": argv,
         "version": version(), "threads": THREADS, "wall_s": round(wall, 1), "load_avg": os.getloadavg()[0],
-        "f1": metrics["eval_f1"], "accuracy": metrics["eval_token_accuracy"], "final_sparsity": metrics["final_sparsity"],
+        "evaluated_saved_model": saved_only, "eval_f1": metrics["eval_f1"],
+        "f1": micro_scores(sentences)["f1"], "accuracy": micro_scores(sentences)["token_accuracy"], "final_sparsity": metrics["final_sparsity"],
         "train_runtime": metrics.get("train_runtime"), "epoch": metrics.get("epoch"),
         "sentences": [{"id": text_hash(s["tokens"]), "pred": s["pred"], **{k: s[k] for k in keys}} for s in sentences],
     }
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="Only rebuild the table from the raw rows.")
     options = parser.parse_args(argv)
     if not options.report:
-        rows = options.row or ["dense", "sparse-90", "dense-selfkd", "dense-long"]
+        rows = options.row or ["dense", "sparse-90", "dense-long", "dense-selfkd"]
         bench_argv = ["python", f"benchmarks/{NAME}.py", *argv]
         for seed in options.seeds:
             for row in rows:

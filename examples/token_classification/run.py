@@ -235,17 +235,44 @@ def make_compute_metrics(id_to_label: dict[int, str]):
     return compute_metrics
 
 
+def predict_in_order(trainer: Trainer, dataset: datasets.Dataset) -> list[list[int]]:
+    """Predicted class per word of every sentence, in the dataset's order.
+
+    Not ``trainer.predict``: with ``--train_sampling_strategy group_by_length`` the Trainer evaluates in
+    length-grouped order (its eval sampler), which is right for the metrics but not for pairing each
+    prediction with its sentence.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    model = trainer.model.eval()
+    loader = DataLoader(dataset, batch_size=trainer.args.per_device_eval_batch_size, shuffle=False,
+                        collate_fn=trainer.data_collator)
+    predictions: list[list[int]] = []
+    with torch.no_grad():
+        for batch in loader:
+            labels = batch.pop("labels")
+            batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
+            logits = model(**batch).logits.float().cpu().numpy()
+            predictions.extend(word_predictions(logits, labels.numpy()))
+    return predictions
+
+
 def write_predictions(trainer: Trainer, dataset: datasets.Dataset, rows: list, id_to_label: dict[int, str],
-                      path: str) -> None:
+                      path: str, max_length: int) -> None:
     """One json line per evaluation sentence: tokens, gold and predicted tags, entity and token counts.
 
     Words cut by ``--max_seq_length`` are predicted 'O' (their gold entities count as missed).
     """
-    output = trainer.predict(dataset)
-    predictions = word_predictions(output.predictions, output.label_ids)
+    tokenizer = trainer.processing_class
     lines = []
-    for (tokens, gold), predicted in zip(rows, predictions):
-        tags = [id_to_label[p] for p in predicted] + ["O"] * (len(tokens) - len(predicted))
+    for (tokens, gold), predicted in zip(rows, predict_in_order(trainer, dataset), strict=True):
+        word_ids = tokenizer(tokens, is_split_into_words=True, truncation=True,
+                             max_length=max_length).word_ids()
+        labelled = [w for i, w in enumerate(word_ids) if w is not None and (i == 0 or word_ids[i - 1] != w)]
+        tags = ["O"] * len(tokens)  # a word without a sub-token (cut, or dropped by the tokenizer): 'O'
+        for word, p in zip(labelled, predicted, strict=True):
+            tags[word] = id_to_label[p]
         lines.append(json.dumps({"tokens": tokens, "gold": gold, "pred": tags, **example_counts(gold, tags)}))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -318,7 +345,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         dense.log_metrics("dense eval", metrics)
         results.update({f"dense_{k}": v for k, v in metrics.items()})
         if data_args.predictions_file:
-            write_predictions(dense, eval_dataset, eval_rows, id_to_label, dense_path(data_args.predictions_file))
+            write_predictions(dense, eval_dataset, eval_rows, id_to_label, dense_path(data_args.predictions_file),
+                              data_args.max_seq_length)
         teacher = dense.model
         model = copy.deepcopy(teacher)
         distillation = {"teacher_model": teacher, "distillation": distillation_from(sparse_args)}
@@ -347,7 +375,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
         if data_args.predictions_file:
-            write_predictions(trainer, eval_dataset, eval_rows, id_to_label, data_args.predictions_file)
+            write_predictions(trainer, eval_dataset, eval_rows, id_to_label, data_args.predictions_file,
+                              data_args.max_seq_length)
     report = sparsity_report(trainer.model, targets=sparsity_config.targets, ignore=sparsity_config.ignore)
     results["final_sparsity"] = report["sparsity"]
     if trainer.is_world_process_zero():

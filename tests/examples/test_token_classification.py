@@ -104,16 +104,19 @@ def test_the_two_stage_run_on_a_tiny_model(tmp_path):
     rows = [(["Paris", "is", "nice"], ["B-LOC", "O", "O"]), (["I", "love", "London", "."], ["O", "O", "B-LOC", "O"]),
             (["John", "met", "Mary", "in", "Paris"], ["B-PER", "O", "B-PER", "O", "B-LOC"])] * 6
     args = ["--model_name_or_path", _tiny_model(tmp_path / "model"), "--train_file", _write(tmp_path / "t.json", rows),
-            "--validation_file", _write(tmp_path / "v.json", rows[:3]), "--output_dir", str(tmp_path / "out"),
+            "--validation_file", _write(tmp_path / "v.json", rows[:3] * 2), "--output_dir", str(tmp_path / "out"),
             "--max_steps", "4", "--per_device_train_batch_size", "6", "--learning_rate", "1e-3", "--use_cpu",
-            "--disable_tqdm", "true", "--predictions_file", str(tmp_path / "pred.jsonl"), "--sparsity", "0.5",
+            "--disable_tqdm", "true", "--train_sampling_strategy", "group_by_length", "--per_device_eval_batch_size", "2",
+            "--predictions_file", str(tmp_path / "pred.jsonl"), "--sparsity", "0.5",
             "--recipe", "none"]
     results = run.main(args)
     assert "dense_eval_f1" in results and "eval_f1" in results
     assert results["final_sparsity"] == pytest.approx(0.5, abs=0.02)
     for name in ("pred.jsonl", "pred.dense.jsonl"):
         lines = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
-        assert len(lines) == 3 and all(len(line["pred"]) == len(line["tokens"]) for line in lines)
+        # in the file's order although the Trainer evaluates length-grouped (group_by_length)
+        assert [line["tokens"] for line in lines] == [tokens for tokens, _ in rows[:3] * 2]
+        assert all(len(line["pred"]) == len(line["tokens"]) == len(line["gold"]) for line in lines)
         assert seq_metrics.micro_scores(lines)["f1"] == pytest.approx(results[
             "eval_f1" if name == "pred.jsonl" else "dense_eval_f1"])
     self_distilled = run.main(args[:-4] + ["--self_distillation", "--output_dir", str(tmp_path / "self")])
