@@ -104,7 +104,6 @@ class SparseTrainer(Trainer):
         logs.update(sparsity_logs(self.sparsifier))
         super().log(logs, start_time)
 
-    # -- saving and resuming -------------------------------------------------------------------------
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Under FSDP2: the dense layout (whole weights + masks) on rank 0, for every ``state_dict_type``."""
         if not fsdp.is_fsdp2(self):
