@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -29,7 +28,6 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_sparse import Sparsifier, SparsityConfig, get_method_class  # noqa: E402
 from hf_sparse.vision.dyrelu import beta_at, remove_dyrelu, set_beta  # noqa: E402
 from hf_sparse.vision.weight_sharing import materialize_shared_weights  # noqa: E402
