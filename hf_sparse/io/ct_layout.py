@@ -135,7 +135,14 @@ def sparsity_format(config: Mapping[str, Any]) -> str | None:
     if block.get("config_groups") or block.get("format") not in (None, "dense"):
         raise ValueError("this compressed-tensors folder is quantized; hf_sparse reads sparsity-only folders")
     sparsity = block.get("sparsity_config") or {}
+    if not isinstance(sparsity, Mapping):
+        raise ValueError(
+            f"config.json: quantization_config.sparsity_config must be an object, got {type(sparsity).__name__} "
+            f"{sparsity!r}: config.json corrupt or edited"
+        )
     fmt = sparsity.get("format", "dense")
+    if not isinstance(fmt, str):
+        raise ValueError(f"config.json: quantization_config.sparsity_config.format must be a string, got {fmt!r}")
     if fmt == "dense":
         return None
     if fmt not in FORMATS:

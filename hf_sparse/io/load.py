@@ -35,6 +35,7 @@ from .verify import (
     ModelLayout,
     aliases,
     check_against_model,
+    check_dense_names,
     check_dtypes,
     class_and_layout,
     config_for,
@@ -139,8 +140,15 @@ def load_masks(directory: PathLike) -> Masks:
 def _from_pretrained(folder: Folder, model_class: Optional[type], kwargs: dict) -> nn.Module:
     """A dense folder through transformers (its key conversions, dtype and device options), checked first."""
     cls = model_class or resolve_model_class(folder.config, folder.directory)
+    adapter = os.path.join(folder.directory, "adapter_config.json")
+    if os.path.isfile(adapter):
+        raise ValueError(
+            f"{adapter}: transformers would load this LoRA adapter on top of the verified weights (or its base model "
+            "from elsewhere): keep adapters in their own folder"
+        )
     if folder.config is not None:
-        layout = ModelLayout.of(meta_model(cls, folder.config, folder.directory))
+        layout = ModelLayout.of(meta_model(cls, folder.config, folder.directory, folder.weights.tensors))
+        check_dense_names(folder, layout)
         infos = {k: v for k, v in folder.weights.tensors.items() if k in layout.tensors}  # transformers renames others
         for name, info in infos.items():  # shapes before transformers allocates anything
             if info.shape != layout.tensors[name][0]:
@@ -159,6 +167,34 @@ def _from_pretrained(folder: Folder, model_class: Optional[type], kwargs: dict) 
     if info.get("mismatched_keys"):
         raise ValueError(f"{folder.weights.first}: tensor shapes do not match the model: {info['mismatched_keys'][:5]}")
     return model
+
+
+#: from_pretrained keywords that make transformers read another file than the one hf_sparse verified
+_REDIRECTING = ("variant", "from_tf", "from_flax", "gguf_file", "state_dict", "key_mapping", "config", "quantization_config")
+
+
+def _resolve_keywords(directory: str, kwargs: dict) -> tuple[str, dict]:
+    """Apply ``subfolder`` here (so the folder verified is the one loaded) and refuse keywords that
+    redirect transformers to a file hf_sparse did not verify."""
+    subfolder = kwargs.pop("subfolder", None)
+    if subfolder:
+        if os.path.isabs(subfolder) or ".." in subfolder.replace("\\", "/").split("/"):
+            raise ValueError(f"load_sparse: subfolder={subfolder!r} must be a relative path inside {directory}")
+        directory = os.path.join(directory, subfolder)
+    for key in _REDIRECTING:
+        if kwargs.get(key) not in (None, False, ""):
+            raise ValueError(
+                f"load_sparse: {key}={kwargs[key]!r} would make transformers load another file or config than the "
+                f"one hf_sparse verifies in {directory}: not supported (save that variant with hf_sparse.save_sparse "
+                "into its own folder and load that)"
+            )
+        kwargs.pop(key, None)
+    if kwargs.get("use_safetensors", True) is False:
+        raise ValueError(
+            f"load_sparse: use_safetensors=False would load pytorch_model.bin instead of the verified safetensors "
+            f"weights in {directory}: not supported"
+        )
+    return directory, kwargs
 
 
 def load_sparse(
@@ -180,14 +216,21 @@ def load_sparse(
     ``sparse_inference=True``: return the model in eval mode with CPU sparse kernels where they are
     measured faster (``hf_sparse.to_sparse_inference`` on ``example_inputs``).
     """
-    folder = inspect_folder(os.fspath(directory))
+    directory, from_pretrained_kwargs = _resolve_keywords(os.fspath(directory), dict(from_pretrained_kwargs))
+    folder = inspect_folder(directory)
     implied: Masks = {}
     if folder.layout == DENSE and model is None:
         model = _from_pretrained(folder, model_class, from_pretrained_kwargs)
     else:
+        if from_pretrained_kwargs:
+            raise ValueError(
+                f"load_sparse: {sorted(from_pretrained_kwargs)} go to transformers' from_pretrained, which loads only "
+                f"dense folders without model=; {folder.directory} ({folder.layout}) is decoded by hf_sparse: drop them "
+                "and cast or move the returned model instead"
+            )
         infos, encodings = stored_view(folder)
         if model is None:
-            cls, layout = class_and_layout(folder.directory, folder.config, model_class)
+            cls, layout = class_and_layout(folder.directory, folder.config, model_class, folder.weights.tensors)
             check_against_model(folder, infos, layout, aliases(folder), cast_floats=False)
             model = cls._from_config(config_for(cls, folder.config, folder.directory))
         else:
@@ -266,7 +309,7 @@ def _zero_masks_of(folder: Folder, state: dict[str, torch.Tensor]) -> Masks:
     try:
         cls = resolve_model_class(folder.config, folder.directory)
         if folder.config is not None:
-            names = [t.name for t in find_targets(meta_model(cls, folder.config, folder.directory))]
+            names = [t.name for t in find_targets(meta_model(cls, folder.config, folder.directory, folder.weights.tensors))]
     except ValueError:
         names = None
     if names is None:

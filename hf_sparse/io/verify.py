@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from . import native_codec as native
 from . import ct_layout
 from .folder import Folder
-from .native_format import COMPRESSED_TENSORS, DENSE, KEY_ALIASES, KEY_ENCODINGS, NATIVE, json_meta
+from .native_format import COMPRESSED_TENSORS, DENSE, KEY_ALIASES, KEY_ENCODINGS, KEY_SAVE_ID, NATIVE, json_meta
 from .shards import TensorInfo
 
 Masks = dict[str, torch.Tensor]
@@ -40,7 +40,13 @@ def resolve_model_class(config: Optional[dict], directory: str) -> type:
     cls = getattr(transformers, name, None) if isinstance(name, str) and _CLASS_NAME.match(name) else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ValueError(
-            f"architectures[0]={name!r} is not a transformers PreTrainedModel class; pass model_class= or model="
+            f"{directory}/config.json: architectures[0]={name!r} is not a transformers PreTrainedModel class; "
+            "pass model_class= or model="
+        )
+    if name.endswith("PreTrainedModel") or cls is transformers.PreTrainedModel:
+        raise ValueError(
+            f"{directory}/config.json: architectures[0]={name!r} is an abstract base class, not a model to build; "
+            "pass model_class= or model="
         )
     return cls
 
@@ -72,8 +78,47 @@ def config_for(cls: type, config: dict, directory: str) -> Any:
         raise ValueError(f"{directory}/config.json does not make a valid {cls.config_class.__name__}: {err}") from err
 
 
-def meta_model(cls: type, config: dict, directory: str) -> nn.Module:
-    """The model built on the meta device: its shapes cost no memory, whatever config.json asks for."""
+#: config.json fields that count repeated layers (the meta build costs time and memory per layer)
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_decoder_layers", "encoder_layers",
+                      "decoder_layers")
+#: slack for models that share layers (ALBERT: 12 layers, 1 stored): only a config far above the
+#: stored layers is refused before building
+_LAYER_SLACK, _LAYER_FACTOR = 16, 4
+
+
+def stored_layers(keys: Iterable[str]) -> int:
+    """The most distinct indices under one prefix (``encoder.layer.<i>``) among stored tensor names,
+    counting the first index of each name."""
+    groups: dict[str, set[str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                groups.setdefault(".".join(parts[:i]), set()).add(part)
+                break
+    return max((len(v) for v in groups.values()), default=0)
+
+
+def check_layer_counts(config: dict, keys: Optional[Iterable[str]], directory: str) -> None:
+    """Refuse, in milliseconds, a config.json asking for far more layers than the file stores (before a build)."""
+    if keys is None:
+        return
+    stored = stored_layers(keys)
+    for field in LAYER_COUNT_FIELDS:
+        value = config.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > _LAYER_FACTOR * stored + _LAYER_SLACK:
+            raise ValueError(
+                f"{directory}/config.json: {field}={value} but the weights store {stored} layers: config.json of "
+                "another model, or edited; restore it"
+            )
+
+
+def meta_model(cls: type, config: dict, directory: str, stored_keys: Optional[Iterable[str]] = None) -> nn.Module:
+    """The model built on the meta device: its shapes cost no memory, whatever config.json asks for.
+
+    ``stored_keys`` (the file's tensor names) bound the layer counts first: building costs time and
+    Python memory per layer even on the meta device."""
+    check_layer_counts(config, stored_keys, directory)
     model_config = config_for(cls, config, directory)
     try:
         with torch.device("meta"):
@@ -82,12 +127,14 @@ def meta_model(cls: type, config: dict, directory: str) -> nn.Module:
         raise ValueError(f"{directory}/config.json cannot build {cls.__name__}: {type(err).__name__}: {err}") from err
 
 
-def class_and_layout(directory: str, config: Optional[dict], model_class: Optional[type]) -> tuple[type, ModelLayout]:
+def class_and_layout(
+    directory: str, config: Optional[dict], model_class: Optional[type], stored_keys: Optional[Iterable[str]] = None
+) -> tuple[type, ModelLayout]:
     """The class to build and its meta-built layout (headers are checked against it before a real build)."""
     cls = model_class or resolve_model_class(config, directory)
     if config is None:
         raise ValueError(f"{directory} has no config.json: pass model= to load_sparse")
-    return cls, ModelLayout.of(meta_model(cls, config, directory))
+    return cls, ModelLayout.of(meta_model(cls, config, directory, stored_keys))
 
 
 # -- what the file holds, checked against the model -----------------------------------------------
@@ -165,6 +212,25 @@ def check_against_model(
             )
 
 
+_LEGACY_SUFFIXES = {".gamma": ".weight", ".beta": ".bias"}  # names transformers renames on load
+
+
+def check_dense_names(folder: Folder, layout: ModelLayout) -> None:
+    """Before transformers reads a dense folder: no tensor the model lacks in a file hf_sparse wrote
+    (its writer stores the model's own names), and never a legacy name that transformers would rename
+    over a tensor stored under the new name; every tensor the model needs present (or tied to one)."""
+    where, stored = folder.weights.first, folder.weights.tensors
+    ours = KEY_SAVE_ID in folder.header
+    unknown = sorted(k for k in stored if k not in layout.tensors)
+    clashes = [k for k in unknown if any(k.endswith(old) and k[: -len(old)] + new in stored for old, new in _LEGACY_SUFFIXES.items())]
+    if clashes or (ours and unknown):
+        raise ValueError(f"{where} holds tensors the model does not have: {(clashes or unknown)[:5]}: file edited or of another model")
+    if ours:
+        missing = sorted(k for k in layout.tensors if k not in stored and not (layout.tied.get(k, frozenset()) & set(stored)))
+        if missing:
+            raise ValueError(f"{where} lacks tensors the model needs: {missing[:5]}: incomplete checkpoint")
+
+
 def check_dtypes(folder: Folder, infos: dict[str, TensorInfo], layout: ModelLayout) -> None:
     """Headers of a dense folder: a float tensor stored as integers (or the reverse) is corrupt."""
     for name, info in infos.items():
@@ -204,7 +270,7 @@ def expected_layout(folder: Folder, model_class: Optional[type] = None) -> Optio
         return None
     if folder.config is None:
         return None
-    return ModelLayout.of(meta_model(cls, folder.config, folder.directory))
+    return ModelLayout.of(meta_model(cls, folder.config, folder.directory, folder.weights.tensors))
 
 
 def aliases(folder: Folder) -> dict:

@@ -242,3 +242,121 @@ def test_5_a_stale_sparsity_config_json_is_refused(tmp_path):
         hf_sparse.load_sparse(folder)
     assert main(["export", str(folder), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out" / "README.md").exists()
+
+
+def test_3_load_sparse_keywords_that_redirect_transformers(tmp_path):
+    """Old: subfolder=, variant="fp16", use_safetensors=False: hf_sparse verified one file while
+    transformers loaded another, and the folder's masks were returned with it."""
+    model, masks, folder = _saved(tmp_path, "main", seed=0)
+    inner, inner_masks, _ = _saved(folder, "sub", seed=1, sparsity=0.5)
+    loaded, loaded_masks = hf_sparse.load_sparse(folder, subfolder="sub")  # the subfolder is what is verified
+    assert_bitwise_equal(state(loaded), state(inner))
+    assert masks_equal(loaded_masks, inner_masks)
+    other = tiny_bert(seed=5)
+    torch.save(other.state_dict(), folder / "pytorch_model.bin")
+    other.save_pretrained(tmp_path / "fp16", variant="fp16")
+    shutil.copy2(tmp_path / "fp16" / "model.fp16.safetensors", folder / "model.fp16.safetensors")
+    for kwargs in ({"variant": "fp16"}, {"use_safetensors": False}, {"from_tf": True}, {"gguf_file": "x.gguf"}):
+        with pytest.raises(ValueError, match=f"{next(iter(kwargs))}="):
+            hf_sparse.load_sparse(folder, **kwargs)
+    loaded, _ = hf_sparse.load_sparse(folder, use_safetensors=True)
+    assert_bitwise_equal(state(loaded), state(model))
+
+
+def test_6_unknown_tensors_in_a_dense_save_are_refused(tmp_path):
+    """Old: a ...LayerNorm.gamma added to a dense file loaded silently (transformers renamed it over
+    .weight): the dense path skipped the 'no unknown tensors' check the other layouts have."""
+    model, _, folder = _saved(tmp_path)
+    name = "bert.embeddings.LayerNorm.gamma"
+
+    def add(tensors, metadata):
+        tensors[name] = torch.full_like(tensors["bert.embeddings.LayerNorm.weight"], 3.0)
+        metadata.pop("hf_sparse_crc32", None)
+
+    rewrite(folder / "model.safetensors", add)
+    with pytest.raises(ValueError, match="tensors the model does not have.*LayerNorm.gamma"):
+        hf_sparse.load_sparse(folder)
+    # another tool's folder: a legacy name that transformers would rename over a stored tensor is refused too
+    plain = tmp_path / "plain"
+    model.save_pretrained(plain)
+    rewrite(plain / "model.safetensors", add)
+    with pytest.raises(ValueError, match="LayerNorm.gamma"):
+        hf_sparse.load_sparse(plain)
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_12_bad_input_is_a_clear_error(tmp_path, checkpoints, capsys):
+    """Old: raw AttributeError / KeyError / TypeError tracebacks where a ValueError naming file and
+    field was promised."""
+    from hf_sparse.io.training_state import KEY_STATE, STATE_FILE
+
+    _, _, ct = _saved(tmp_path, "ct", compressed="compressed-tensors")
+    _edit_json(ct / "config.json", lambda c: c["quantization_config"].update(sparsity_config="sparse-bitmask"))
+    for call in (hf_sparse.load_sparse, hf_sparse.load_masks, hf_sparse.io.load.describe):
+        with pytest.raises(ValueError, match="sparsity_config must be an object"):
+            call(ct)
+    model, _, _ = _saved(tmp_path, "unused")
+    plain = tmp_path / "plain"
+    model.save_pretrained(plain)
+    _edit_json(plain / "config.json", lambda c: c.update(architectures=["BertPreTrainedModel"]))
+    with pytest.raises(ValueError, match="BertPreTrainedModel"):
+        hf_sparse.load_sparse(plain)
+    _, _, listed = _saved(tmp_path, "listed")
+    (listed / "sparsity_config.json").write_text("[1, 2]")
+    assert main(["export", str(listed), "--out", str(tmp_path / "out")]) == 2
+    assert "sparsity_config.json must hold a JSON object" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="it is a file"):
+        hf_sparse.save_sparse(model, a_file)
+    _, _, source = _saved(tmp_path, "source")
+    assert main(["compress", str(source), "--out", str(a_file)]) == 2
+    assert a_file.read_text() == "x"
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(checkpoints / "checkpoint-4", folder)
+
+    def no_masks(tensors, metadata):
+        document = json.loads(metadata[KEY_STATE])
+        document["masks_file"] = None
+        metadata[KEY_STATE] = json.dumps(document)
+
+    rewrite(folder / STATE_FILE, no_masks)
+    with pytest.raises(ValueError, match="'masks_file' in hf_sparse_state is null"):
+        _resume(tmp_path, folder)
+
+
+def test_13_compressed_tensors_save_of_a_plain_module(tmp_path):
+    """Old: blamed a lost quantization_config and named the deleted staging folder."""
+    model = nn.Sequential(nn.Linear(8, 8))
+    with torch.no_grad():
+        model[0].weight[:, :4] = 0
+    with pytest.raises(ValueError, match="needs a transformers model") as caught:
+        save(model, tmp_path, compressed="compressed-tensors")
+    assert ".tmp-hf_sparse" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["dense", "native"])
+def test_14_a_config_asking_for_thousands_of_layers_is_refused_in_milliseconds(tmp_path, compressed):
+    """Old: num_hidden_layers 10000 in a native folder's config took 30 s and 1.4 GB before the
+    refusal; a dense folder with 400 layers allocated 1.2 GB for real before 'lacks tensors'."""
+    from ckpt_helpers import unbind_config
+
+    _, _, folder = _saved(tmp_path, compressed=compressed)
+    for bound in (True, False):
+        if not bound:
+            unbind_config(folder)  # as another tool's folder: the layer count is checked against the tensors
+        _edit_json(folder / "config.json", lambda c: c.update(num_hidden_layers=10000 if compressed else 400))
+        tracemalloc.start()
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match="num_hidden_layers"):
+            hf_sparse.load_sparse(folder)
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert elapsed < 1.0 and peak < 20 * 2**20, (elapsed, peak)

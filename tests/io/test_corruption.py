@@ -2,7 +2,10 @@
 
 Mutations (flip a byte, truncate, drop a file or a tensor, retype, reshape, reorder) hit the
 safetensors files and shard indexes of the three layouts (dense + masks, native, compressed-tensors)
-and of the resume state. A clear error is a ValueError or FileNotFoundError; anything else (a raw
+and of the resume state. Folder mutations (issue 25) rebind a file to another save of the same
+architecture, edit config.json or sparsity_config.json, replace a file by a symbolic link (to the
+other save's file or to a copy of itself), or put a foreign file in the folder; after a foreign file,
+saving the model again into the folder must keep it (or refuse, for a LoRA adapter) and load exactly. A clear error is a ValueError or FileNotFoundError; anything else (a raw
 KeyError, TypeError, RuntimeError, ...) or a load that differs from what was saved fails the test.
 """
 
@@ -25,6 +28,13 @@ from export_helpers import bits, prune, state
 
 CASES_PER_TARGET = int(os.environ.get("HF_SPARSE_CORRUPTION_CASES", "24"))  # raise it for a deeper local run
 MUTATIONS = ("flip", "truncate", "drop", "retype", "reshape", "reorder")
+FOLDER_MUTATIONS = ("rebind", "config", "symlink", "foreign")
+_CONFIG_EDITS = (
+    ("dtype", "bfloat16"), ("dtype", "float16"), ("tie_word_embeddings", False), ("num_hidden_layers", 3),
+    ("num_hidden_layers", 10000), ("architectures", ["BertModel"]), ("hidden_size", 64), ("vocab_size", 51),
+    ("id2label", {"0": "no", "1": "yes"}),  # does not change what loads: must load exactly
+)
+_FOREIGN = ("notes.txt", "adapter_config.json", "adapter_model.safetensors", "pytorch_model.bin", "tokenizer.json")
 _DTYPES = ["F32", "F16", "BF16", "I32", "I64", "I16", "U8", "I8", "BOOL", "F64"]
 
 
@@ -87,6 +97,46 @@ def mutate(folder, rng: random.Random) -> str:
     return description
 
 
+def mutate_folder(folder, other, rng: random.Random) -> tuple[str, str]:
+    """Apply one folder mutation to ``folder`` (``other``: a save of another model in the same layout);
+    returns (kind, description)."""
+    kind = rng.choice(FOLDER_MUTATIONS)
+    names = [n for n in sorted(os.listdir(folder)) if n.endswith((".safetensors", ".json"))]
+    if kind == "rebind":
+        shared = [n for n in names if os.path.isfile(os.path.join(other, n))]
+        name = rng.choice(shared)
+        shutil.copy2(os.path.join(other, name), os.path.join(folder, name))
+        return kind, f"copy {name} of another save"
+    if kind == "config":
+        if rng.random() < 0.2 and os.path.isfile(os.path.join(folder, "sparsity_config.json")):
+            path = os.path.join(folder, "sparsity_config.json")
+            data = json.load(open(path))
+            data["sparsity"] = 0.5
+            json.dump(data, open(path, "w"))
+            return kind, "edit sparsity_config.json sparsity"
+        field, value = rng.choice(_CONFIG_EDITS)
+        path = os.path.join(folder, "config.json")
+        data = json.load(open(path))
+        data[field] = value
+        json.dump(data, open(path, "w"))
+        return kind, f"config.json {field} = {value!r}"
+    if kind == "symlink":
+        name = rng.choice(names)
+        path = os.path.join(folder, name)
+        if rng.random() < 0.5 and os.path.isfile(os.path.join(other, name)):
+            target = os.path.join(other, name)
+        else:
+            target = str(folder) + "-" + name  # a copy of the same bytes elsewhere
+            shutil.copy2(path, target)
+        os.unlink(path)
+        os.symlink(target, path)
+        return kind, f"{name} -> link to {target}"
+    name = rng.choice(_FOREIGN)
+    with open(os.path.join(folder, name), "wb") as handle:
+        handle.write(b"foreign bytes of another tool\n")
+    return kind, f"foreign file {name}"
+
+
 def _exact(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(a[k].dtype == b[k].dtype and torch.equal(bits(a[k]), bits(b[k])) for k in a)
 
@@ -105,12 +155,21 @@ def _check_folder_cases(tmp_path, write, seed: int) -> dict[str, int]:
     expected = state(model)
     template = tmp_path / "template"
     write(model, masks, template)
+    other_model = tiny_bert(seed=9)
+    other = tmp_path / "other"
+    other_masks = prune(other_model, 0.5)
+    other_expected = state(other_model)
+    write(other_model, other_masks, other)
     rng = random.Random(seed + int(os.environ.get("HF_SPARSE_CORRUPTION_SEED", "0")))
     outcomes = {"error": 0, "exact": 0}
-    for case in range(CASES_PER_TARGET):
+    for case in range(CASES_PER_TARGET * 2):  # half byte-level, half folder mutations
         folder = tmp_path / f"case{case}"
         shutil.copytree(template, folder)
-        what = mutate(folder, rng)
+        kind = None
+        if case % 2:
+            kind, what = mutate_folder(folder, other, rng)
+        else:
+            what = mutate(folder, rng)
         for reader in (hf_sparse.load_masks, hf_sparse.io.load.describe):  # inspect and the masks reader too
             try:
                 reader(folder)
@@ -126,12 +185,39 @@ def _check_folder_cases(tmp_path, write, seed: int) -> dict[str, int]:
         except Exception as err:  # noqa: BLE001 - the point: no other exception type may escape
             pytest.fail(f"{what}: raw {type(err).__name__}: {err}")
         else:
-            assert _exact(state(loaded), expected), f"{what}: loaded different weights without an error"
-            assert masks_equal(loaded_masks, masks), f"{what}: loaded different masks without an error"
+            if kind in ("rebind", "symlink") and _exact(state(loaded), other_expected):
+                # every file that loads came from the other save (e.g. a one-file native save): a whole save
+                assert masks_equal(loaded_masks, other_masks), f"{what}: the other save's weights with other masks"
+            else:
+                assert _exact(state(loaded), expected), f"{what}: loaded different weights without an error"
+                assert masks_equal(loaded_masks, masks), f"{what}: loaded different masks without an error"
             outcomes["exact"] += 1
+        if kind == "foreign":
+            _save_again_keeps_foreign_files(folder, write, model, masks, expected, what)
         shutil.rmtree(folder)
     assert outcomes["error"] >= CASES_PER_TARGET // 2, outcomes  # the mutations really corrupt
     return outcomes
+
+
+def _save_again_keeps_foreign_files(folder, write, model, masks, expected, what: str) -> None:
+    """A save into a folder with a foreign file keeps it, or refuses (a LoRA adapter) touching nothing."""
+    from ckpt_helpers import files_of
+    from hf_sparse.io.replace_policy import ADAPTER_FILES, replaced_by_a_save
+
+    before = files_of(folder)
+    foreign = {n: b for n, b in before.items() if n in _FOREIGN}
+    try:
+        write(model, masks, folder)
+    except ValueError as err:
+        assert any(n in ADAPTER_FILES for n in foreign), f"{what}: save refused: {err}"
+        assert files_of(folder) == before, f"{what}: a refused save changed the folder"
+        return
+    after = files_of(folder)
+    for name, data in foreign.items():
+        if not replaced_by_a_save(name):
+            assert after.get(name) == data, f"{what}: the save deleted or changed {name}"
+    loaded, loaded_masks = hf_sparse.load_sparse(folder)
+    assert _exact(state(loaded), expected) and masks_equal(loaded_masks, masks), f"{what}: save again did not load exactly"
 
 
 @pytest.mark.parametrize("compressed", [False, True, "compressed-tensors"], ids=["dense", "native", "ct"])
@@ -151,12 +237,19 @@ def test_random_corruption_of_resume_state(tmp_path):
     expected_shapes = {n: m.shape for n, m in masks.items()}
     template = tmp_path / "template"
     save_sparsity_state(str(template), saved, {"method": "gmp"})
+    other = tmp_path / "other"  # another save of the same run: its files must never pair with ours
+    save_sparsity_state(str(other), {**saved, "step": 16, "masks": {n: ~m for n, m in masks.items()}}, {"method": "gmp"})
     rng = random.Random(5 + int(os.environ.get("HF_SPARSE_CORRUPTION_SEED", "0")))
     errors = 0
-    for case in range(CASES_PER_TARGET):
+    for case in range(CASES_PER_TARGET + CASES_PER_TARGET // 4):
         folder = tmp_path / f"case{case}"
         shutil.copytree(template, folder)
-        what = mutate(folder, rng)
+        if case >= CASES_PER_TARGET:
+            name = rng.choice(sorted(os.listdir(other)))
+            shutil.copy2(other / name, folder / name)
+            what = f"copy {name} of another save"
+        else:
+            what = mutate(folder, rng)
         try:
             loaded, config = load_sparsity_state(str(folder), expected_masks=expected_shapes)
         except (ValueError, FileNotFoundError) as err:
