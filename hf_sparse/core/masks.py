@@ -6,17 +6,12 @@ whatever the ties, so per-layer and global targets hold to the weight.
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence
 
 import torch
 
-from . import sharding
+from . import selection, sharding
 from .reduction import Reduction, current
-
-# Below this many scores an exact selection over everything is fast enough.
-_EXACT_SELECTION_LIMIT = 4_000_000
-_SAMPLE_SIZE = 262_144
 
 
 def topk_mask(scores: torch.Tensor, n_keep: int, reduction: Optional[Reduction] = None) -> torch.Tensor:
@@ -62,65 +57,14 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, in_dim: int = 1, reduction: Op
 def kth_largest(scores: Sequence[torch.Tensor], k: int, reduction: Optional[Reduction] = None) -> torch.Tensor:
     """The ``k``-th largest value over several tensors, exactly (over all ranks' chunks when sharded).
 
-    A full selection over 100M values takes seconds on a CPU. Instead: bound the value from a
-    seeded sample, keep only the smaller side of that bound (one comparison pass), and select
-    exactly inside it. Falls back to the full selection if the sample's bounds miss.
+    In one process: :func:`hf_sparse.core.selection.select` (a sampled bound, then an exact
+    selection among the few candidates beyond it); sharded: radix selection on the float bits
+    (:func:`hf_sparse.core.sharding.kth_largest`).
     """
     reduction = reduction if reduction is not None else current()
     if reduction.sharded:
         return sharding.kth_largest(scores, k, reduction)
-    flats = [s.reshape(-1) for s in scores]
-    total = sum(f.numel() for f in flats)
-    if not 1 <= k <= total:
-        raise ValueError(f"k={k} outside [1, {total}]")
-    if total <= _EXACT_SELECTION_LIMIT:
-        return _exact_kth_largest(flats, k)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    sample = torch.cat(
-        [
-            f[torch.randint(f.numel(), (max(1, f.numel() * _SAMPLE_SIZE // total),), generator=generator).to(f.device)]
-            for f in flats
-        ]
-    ).sort(descending=True).values
-    size = sample.numel()
-    p = k / total
-    margin = 6.0 * math.sqrt(size * p * (1 - p)) + 16
-    if k <= total // 2:  # few are kept: gather everything above a safe lower bound
-        bound_rank = int(math.ceil(p * size + margin))
-        if bound_rank >= size:
-            return _exact_kth_largest(flats, k)
-        top = torch.cat([f[f >= sample[bound_rank]] for f in flats])
-        if top.numel() < k:
-            return _exact_kth_largest(flats, k)
-        upper_rank = int(p * size - margin)
-        if upper_rank >= 0:  # narrow again from above: the answer lies in a thin band
-            upper = sample[upper_rank]
-            need = k - int(torch.count_nonzero(top > upper))
-            band = top[top <= upper]
-            if 1 <= need <= band.numel():
-                return _exact_kth_largest([band], need)
-        return _exact_kth_largest([top], k)
-    # few are dropped: gather everything below a safe upper bound, count from the bottom
-    j = total - k + 1  # the answer is the j-th smallest
-    bound_rank = int(p * size - margin)
-    if bound_rank < 0:
-        return _exact_kth_largest(flats, k)
-    bottom = torch.cat([f[f <= sample[bound_rank]] for f in flats])
-    if bottom.numel() < j:
-        return _exact_kth_largest(flats, k)
-    lower_rank = int(math.ceil(p * size + margin))
-    if lower_rank < size:  # narrow again from below
-        lower = sample[lower_rank]
-        need = j - int(torch.count_nonzero(bottom < lower))
-        band = bottom[bottom >= lower]
-        if 1 <= need <= band.numel():
-            return _exact_kth_largest([band], band.numel() - need + 1)
-    return _exact_kth_largest([bottom], bottom.numel() - j + 1)
-
-
-def _exact_kth_largest(flats: Sequence[torch.Tensor], k: int) -> torch.Tensor:
-    everything = torch.cat(list(flats))
-    return torch.kthvalue(everything.float(), everything.numel() - k + 1).values.to(everything.dtype)
+    return selection.select([s.reshape(-1) for s in scores], k).threshold
 
 
 def threshold_masks(
@@ -131,6 +75,9 @@ def threshold_masks(
     Entries above the threshold are kept; ties at the threshold are kept in order, tensors in turn
     and the lowest flat index first, so every rank computing this from equal scores agrees, and
     row chunks of the tensors on several ranks (``reduction``) give the same masks as one process.
+    In one process :func:`hf_sparse.core.selection.select_masks` builds the masks in one pass over
+    the scores; sharded, the threshold comes from a radix selection over all ranks, then one
+    comparison pass (plus a partial one for the tensor whose ties are only partly kept).
     """
     reduction = reduction if reduction is not None else current()
     total = reduction.sum_int(sum(s.numel() for s in scores.values()))
@@ -138,17 +85,20 @@ def threshold_masks(
         return {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}
     if n_keep <= 0:
         return {name: torch.zeros_like(s, dtype=torch.bool) for name, s in scores.items()}
-    threshold = kth_largest(list(scores.values()), n_keep, reduction)
-    masks = {name: s > threshold for name, s in scores.items()}
-    ties = {name: s == threshold for name, s in scores.items()}
-    greater = [int(torch.count_nonzero(m)) for m in masks.values()]
-    tie_counts = [int(torch.count_nonzero(t)) for t in ties.values()]
-    for name, allowed, count in zip(scores, sharding.tie_allowances(greater, tie_counts, n_keep, reduction), tie_counts):
-        if allowed == count:
-            masks[name] |= ties[name]
-        elif allowed > 0:
-            first = ties[name].reshape(-1).nonzero().squeeze(1)[:allowed]
-            masks[name].view(-1)[first] = True
+    if not reduction.sharded:
+        flat = selection.select_masks([s.reshape(-1) for s in scores.values()], n_keep)
+        return {name: m.view(s.shape) for (name, s), m in zip(scores.items(), flat)}
+    threshold = sharding.kth_largest(list(scores.values()), n_keep, reduction)
+    greater = [int(torch.count_nonzero(s > threshold)) for s in scores.values()]
+    tie_counts = [int(torch.count_nonzero(s == threshold)) for s in scores.values()]
+    masks = {}
+    for (name, s), allowed, count in zip(scores.items(), sharding.tie_allowances(greater, tie_counts, n_keep, reduction), tie_counts):
+        if allowed > 0 and allowed == count:
+            masks[name] = s >= threshold
+        else:
+            masks[name] = s > threshold
+            if allowed > 0:
+                selection.keep_first_ties(masks[name], s, threshold, allowed)
     return masks
 
 
