@@ -30,6 +30,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..config import SparsityConfig
+from .diagnostics import UnderTrainingCallback
 from .distill import DistillationConfig
 from .trainer import SparseTrainer
 
@@ -117,8 +118,12 @@ def train_stage(
     if sparsity_config is None:
         if teacher is not None:
             raise ValueError("a teacher needs the sparse stage (sparsity_config=...; sparsity 0 trains dense)")
+        # The dense stage is diagnosed like the sparse one: a teacher that never learned makes every later figure moot.
+        diagnostics = UnderTrainingCallback(sparse=False)
+        callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), diagnostics]
+        compute_metrics = diagnostics.watch(trainer_kwargs.pop("compute_metrics", None))
         trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          **trainer_kwargs)
+                          callbacks=callbacks, compute_metrics=compute_metrics, **trainer_kwargs)
     else:
         trainer = SparseTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                                 sparsity_config=sparsity_config, teacher_model=teacher, distillation=distillation,

@@ -87,3 +87,17 @@ def test_model_given_as_a_folder_and_a_teacher_with_the_wrong_head(tmp_path):
     with pytest.raises(ValueError, match="needs distill=True"):
         train_dense_then_sparse(tiny_bert(), _args(tmp_path), None, PairDataset(), distill=False,
                                 distillation=DistillationConfig())
+
+
+def test_the_dense_stage_is_diagnosed_too(tmp_path, caplog):
+    """A dense teacher that never learns (LR 0) is flagged before the sparse stage distils from it."""
+    from hf_sparse import UnderTrainingCallback
+
+    result = train_dense_then_sparse(
+        tiny_bert(), _args(tmp_path, learning_rate=0.0), SparsityConfig(sparsity=0.5), PairDataset(),
+        PairDataset(n=16, seed=1), sparse_schedule_scale=1.0,
+    )
+    callbacks = [c for c in result.dense.trainer.callback_handler.callbacks if isinstance(c, UnderTrainingCallback)]
+    assert len(callbacks) == 1
+    assert any(entry.get("not_learning") for entry in result.dense.trainer.state.log_history)
+    assert any("NOT learning" in line for line in callbacks[0].warnings)
