@@ -62,7 +62,7 @@ class SparsityConfig:
     recipe: str = field(
         default="auto",
         metadata={
-            "help": "'auto': the sparse-aware defaults (hf_sparse.methods.recipe_defaults, measured in benchmarks/results/recipe_ablation.md) "
+            "help": "'auto': the sparse-aware defaults (hf_sparse.methods.recipe_defaults; how it is measured: docs/measurement.md) "
             "fills every field left unset (allocation, schedule_scale, lr_rewinding, update_every) and adds "
             "method_args keys (gmp's criterion='fisher') with the method's measured recipe (gmp); 'none': the plain "
             "defaults and exactly your TrainingArguments."

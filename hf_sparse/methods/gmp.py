@@ -156,11 +156,11 @@ class GMP(MagnitudePruning):
 
     @classmethod
     def recipe_defaults(cls, config: "SparsityConfig") -> dict[str, Any]:
-        """GMP's sparse-aware recipe (measured: benchmarks/results/recipe_ablation.md).
+        """GMP's sparse-aware recipe (why each value: docs/finetuning.md).
 
         One global magnitude threshold (unstructured only), a longer run (``recommend_schedule_scale``),
         few mask updates (``update_every=None``) each followed by a linear LR rewinding cycle, and the
-        ``fisher`` criterion (+4.5 points over magnitude at 90%). No ``initial_jump``: from a fine-tuned
+        ``fisher`` criterion (better than magnitude at 90% in the GLUE example). No ``initial_jump``: from a fine-tuned
         model the cubic ramp from 0 loses less at the first update.
         """
         return {

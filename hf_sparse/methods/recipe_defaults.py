@@ -5,8 +5,8 @@ means when the user sets nothing else.
 tuned for dense training under-train sparse models. Fields a user leaves at ``"auto"`` are filled
 here, under ``recipe="auto"`` with the values of the method's sparse recipe
 (``PruningMethod.recipe_defaults``), under ``recipe="none"`` with the plain defaults. Which values,
-and why, is measured in ``benchmarks/recipe_ablation.py`` (results in ``benchmarks/results/``);
-nothing here is taken from memory of a paper's table.
+and why: docs/finetuning.md. The ablation that chose them (2026-12) was measured on data splits that
+later turned out to overlap (docs/measurement.md); they stay the defaults until re-decided on the dev set.
 """
 
 from __future__ import annotations
