@@ -231,6 +231,14 @@ def write_outputs(summary: dict) -> None:
         flag = " (no entity predicted: not learning)" if r["predicts_no_entity"] else ""
         lines.append(f"| {row}{flag} | {len(r['seeds'])} | {100 * r['f1_mean']:.1f} | {sd} | {100 * r['accuracy_mean']:.1f} | "
                      f"{r['final_sparsity']:.2f} | {gap} | {ci} | {gsd} |")
+    missing = [r for r in DENSE_ROWS if r not in summary["rows"]]
+    if missing:
+        lines += ["", f"**Not yet measured: {', '.join(missing)}.** The best dense above is the best of the dense rows "
+                  "measured so far, not the budget-matched reference the goal is judged against."]
+    seeds = {s for r in summary["rows"].values() for s in r["seeds"]}
+    if len(seeds) < 3:
+        lines += ["", f"**{len(seeds)} seed(s) only** (goal: 5, at least 3): the interval covers the test sentences, "
+                  "not the training noise."]
     lines += ["", "Rerun any cell: " + "; ".join(summary["rows"][r]["commands"][0] for r in order) + " (and so on per seed).", ""]
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{NAME}{suffix}.json"), "w", encoding="utf-8") as handle:
