@@ -30,6 +30,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..core.bitpack import pack_flat as _pack_bits, unpack_flat as _unpack_bits  # the one bit-packer
+
 try:  # GPT-2 style Linear that stores its weight as (in, out)
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover
@@ -72,20 +74,6 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
 
 def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (Conv1D is not None and isinstance(module, Conv1D))
-
-
-def _pack_bits(flags: torch.Tensor) -> torch.Tensor:
-    flat = flags.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * weights).sum(-1, dtype=torch.uint8)
-
-
-def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed[:, None] >> shifts) & 1).bool().reshape(-1)[:numel]
 
 
 def padded_tokens(tokens: int) -> int:

@@ -7,6 +7,8 @@ or copied from another save, naming the field. ``sparsity_config.json`` must equ
 config recorded in the same header. The resume state, the masks and an adapter carry the same
 save id as the weights they were saved with.
 
+It imports no torch, so a header-only reader (``inspect``) can run the same checks.
+
 None of this is a signature: ids and fields sit in plain JSON headers and anyone can rewrite
 them. They catch accidents (files copied between saves, edited configs), not tampering.
 """
@@ -17,8 +19,8 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
-from ..config import CONFIG_NAME
-from .native_format import KEY_MODEL_CONFIG
+KEY_MODEL_CONFIG = "hf_sparse_model_config"
+CONFIG_NAME = "sparsity_config.json"  # hf_sparse.config.CONFIG_NAME; this module imports neither torch nor config
 #: config.json fields whose change alters the loaded weights (dtype, ties) or the model built
 BOUND_FIELDS = (
     "architectures", "model_type", "dtype", "torch_dtype", "tie_word_embeddings", "tie_encoder_decoder",

@@ -28,6 +28,7 @@ import torch
 
 from ..core.bitpack import pack_bits, unpack_bits
 from .native_codec import as_2d
+from .binding import KEY_MODEL_CONFIG
 from .shards import Checkpoint, save_sharded
 
 FORMAT_VERSION = 1
@@ -46,7 +47,6 @@ KEY_ALIASES = "hf_sparse_aliases"
 KEY_SHAPES = "hf_sparse_mask_shapes"
 KEY_SAVE_ID = "hf_sparse_save_id"
 KEY_MASKS = "hf_sparse_masks"
-KEY_MODEL_CONFIG = "hf_sparse_model_config"  # the config.json fields the weights were saved with (io.binding)
 MASKS_IN_FILE, MASKS_IN_WEIGHTS = "file", "weights"
 #: header keys every file of one save must agree on
 SAVE_KEYS = (KEY_VERSION, KEY_FORMAT, KEY_SAVE_ID, KEY_MASKS, KEY_CONFIG, KEY_MODEL_CONFIG)

@@ -180,8 +180,23 @@ def read_back_checkpoint(staging: str) -> None:
         load_sparsity_state(staging)
 
 
+#: what a Sparsifier's state must hold to be resumed (a renamed or dropped key would reset it silently)
+RESUME_KEYS = ("step", "started", "pending_update", "method")
+_OPTIONAL_KEYS = ("update_count", _MASKS)  # update_count: states of older hf_sparse lack it (0)
+
+
 def validate_state(state: Mapping[str, Any], where: str, expected_masks: Optional[Mapping[str, torch.Size]] = None) -> None:
-    """Refuse a resume state that would silently change training: wrong types, shapes or ranges."""
+    """Refuse a resume state that would silently change training: wrong types, shapes or ranges.
+
+    With ``expected_masks`` (a resume) the state must also hold every key of :data:`RESUME_KEYS` and no other."""
+    if expected_masks is not None:
+        missing = [key for key in RESUME_KEYS if key not in state]
+        unknown = sorted(key for key in state if key not in RESUME_KEYS + _OPTIONAL_KEYS)
+        if missing or unknown:
+            raise ValueError(
+                f"{where}: the resume state lacks {missing} or holds unknown keys {unknown} (file edited or corrupt): "
+                "resume from another checkpoint"
+            )
     for key in ("step", "update_count"):
         if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0):
             raise ValueError(f"{where}: '{key}' must be an integer >= 0, got {state[key]!r}")

@@ -360,3 +360,17 @@ def test_14_a_config_asking_for_thousands_of_layers_is_refused_in_milliseconds(t
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert elapsed < 1.0 and peak < 20 * 2**20, (elapsed, peak)
+
+
+def test_binding_checks_import_no_torch():
+    """``inspect`` reads headers without torch: the binding checks must be usable there too."""
+    import subprocess
+    import sys
+
+    from hf_sparse.config import CONFIG_NAME
+    from hf_sparse.io import binding
+
+    assert binding.CONFIG_NAME == CONFIG_NAME
+    code = "import sys, hf_sparse.io.binding; sys.exit('torch' in sys.modules)"
+    root = os.path.dirname(os.path.dirname(hf_sparse.__file__))
+    assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": root}).returncode == 0

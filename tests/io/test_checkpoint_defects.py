@@ -116,16 +116,17 @@ def test_5_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, comp
     _kept_zero(new, new_masks)
     import hf_sparse.io.native_format as native_format
     import hf_sparse.io.save as save_module
+    import hf_sparse.io.writers as writers
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
     if fail_in == "masks":
         monkeypatch.setattr(native_format, "save_sharded", boom)  # the masks writer
-        monkeypatch.setattr(save_module, "save_masks", boom)
+        monkeypatch.setattr(writers, "save_masks", boom)
     else:  # raising=False: the same test runs against older code, whose writer functions differ
-        monkeypatch.setattr(save_module, "save_sharded", boom, raising=False)
-        monkeypatch.setattr(save_module, "_write_dense_weights", boom, raising=False)
+        monkeypatch.setattr(writers, "save_sharded", boom)
+        monkeypatch.setattr(save_module, "_write_dense_weights", boom)
     with pytest.raises(OSError, match="disk full"):
         save(new, tmp_path, compressed=compressed, masks=new_masks)
     monkeypatch.undo()
@@ -229,6 +230,9 @@ def test_10_resume_state_is_validated(tmp_path):
             validate_state({**good, "masks": {"w": bad_mask}}, "state")
     with pytest.raises(ValueError, match="mask shapes do not match"):
         validate_state(good, "state", expected_masks={"w": torch.Size([3])})
+    renamed = {("steps" if k == "step" else k): v for k, v in good.items()}  # a flipped byte in a key name
+    with pytest.raises(ValueError, match=r"lacks \['step'\] or holds unknown keys \['steps'\]"):
+        validate_state(renamed, "state", expected_masks={"w": torch.Size([2])})
     save_sparsity_state(str(tmp_path), good, {})
     path = tmp_path / STATE_FILE
 

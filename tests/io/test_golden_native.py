@@ -81,7 +81,7 @@ def test_committed_native_folder_loads_to_known_weights(tmp_path):
 def test_dense_header_is_in_the_first_write_or_added_once(tmp_path, monkeypatch):
     import contextlib
 
-    import hf_sparse.io.save as save_module
+    import hf_sparse.io.writers as save_module  # the writers of save_sparse
     from export_helpers import prune
     from helpers import tiny_bert
 
