@@ -22,8 +22,18 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
         flags = flags.reshape(1, 1)
     if flags.device.type == "cpu":
         return torch.from_numpy(np.packbits(flags.numpy(), axis=-1, bitorder="little"))
-    cols = flags.shape[-1]
-    pad = (-cols) % 8
+    return _pack_torch(flags)
+
+
+def unpack_bits(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: bool ``[..., cols]`` (padding bits dropped)."""
+    if packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=cols, bitorder="little").astype(bool))
+    return _unpack_torch(packed, cols)
+
+
+def _pack_torch(flags: torch.Tensor) -> torch.Tensor:
+    pad = (-flags.shape[-1]) % 8
     if pad:
         flags = torch.cat([flags, flags.new_zeros(*flags.shape[:-1], pad)], dim=-1)
     groups = flags.reshape(*flags.shape[:-1], -1, 8).to(torch.uint8)
@@ -31,10 +41,7 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     return (groups * weights).sum(-1, dtype=torch.uint8)
 
 
-def unpack_bits(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: bool ``[..., cols]`` (padding bits dropped)."""
-    if packed.device.type == "cpu":
-        return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=cols, bitorder="little").astype(bool))
+def _unpack_torch(packed: torch.Tensor, cols: int) -> torch.Tensor:
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
     return bits.reshape(*packed.shape[:-1], -1)[..., :cols].to(torch.bool)
