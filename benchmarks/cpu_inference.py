@@ -27,14 +27,14 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from hf_sparse import to_sparse_inference  # noqa: E402
-from hf_sparse.io.files import atomic_write_text  # noqa: E402
-from hf_sparse.core.targets import find_targets  # noqa: E402
+import hf_sparse
+from hf_sparse import to_sparse_inference
+from hf_sparse.inference.calls import call_model
+from hf_sparse.inference.timing import interleaved_rounds, paired_speedup
+from hf_sparse.io.files import atomic_write_text
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -46,36 +46,22 @@ def load_average() -> str:
         return "n/a"
 
 
-@torch.no_grad()
 def magnitude_prune_(model: torch.nn.Module, sparsity: float) -> None:
     """Per-layer unstructured magnitude pruning of hf_sparse's default targets."""
-    for target in find_targets(model):
-        w = target.param
-        k = int(w.numel() * sparsity)
-        if k:
-            threshold = w.abs().reshape(-1).kthvalue(k).values
-            w.mul_(w.abs() > threshold)
+    hf_sparse.prune(model, sparsity, attach=False)
 
 
 @torch.inference_mode()
 def time_pair(dense, sparse, inputs, rounds: int) -> tuple[float, float, float]:
     """(dense ms, converted ms, speedup), medians over interleaved rounds after one warm-up each."""
-    call = (lambda m: m(**inputs)) if isinstance(inputs, dict) else (lambda m: m(inputs))
-    call(dense), call(sparse)
-    td, ts = [], []
-    for _ in range(rounds):
-        for model, sink in ((dense, td), (sparse, ts)):
-            t0 = time.perf_counter()
-            call(model)
-            sink.append(time.perf_counter() - t0)
-    speedup = statistics.median(d / s for d, s in zip(td, ts))
-    return 1e3 * statistics.median(td), 1e3 * statistics.median(ts), speedup
+    times = interleaved_rounds({"dense": lambda: call_model(dense, inputs), "sparse": lambda: call_model(sparse, inputs)}, rounds)
+    td, ts = times["dense"], times["sparse"]
+    return 1e3 * statistics.median(td), 1e3 * statistics.median(ts), paired_speedup(td, ts)
 
 
 @torch.inference_mode()
 def max_abs_diff(dense, sparse, inputs) -> float:
-    call = (lambda m: m(**inputs)) if isinstance(inputs, dict) else (lambda m: m(inputs))
-    a, b = call(dense), call(sparse)
+    a, b = call_model(dense, inputs), call_model(sparse, inputs)
     a = a.last_hidden_state if hasattr(a, "last_hidden_state") else a.logits
     b = b.last_hidden_state if hasattr(b, "last_hidden_state") else b.logits
     return float((a - b).abs().max())

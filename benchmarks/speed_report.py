@@ -22,12 +22,8 @@ import time
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import hf_sparse  # noqa: E402
-from hf_sparse.io.files import atomic_write_text  # noqa: E402
-from hf_sparse.core.masks import nm_mask, topk_mask  # noqa: E402
-from hf_sparse.core.targets import find_targets  # noqa: E402
+import hf_sparse
+from hf_sparse.io.files import atomic_write_text
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SETTINGS = [("dense", None), ("unstructured 50%", 0.5), ("unstructured 90%", 0.9), ("2:4", "2:4")]
@@ -40,15 +36,12 @@ def build_model(layers: int):
     return BertForSequenceClassification(BertConfig(num_hidden_layers=layers, num_labels=2)).eval()
 
 
-@torch.no_grad()
 def prune(model, setting) -> None:
-    for t in find_targets(model):
-        score = t.param.abs()
-        if setting == "2:4":
-            keep = nm_mask(score, 2, 4, t.in_dim)
-        else:
-            keep = topk_mask(score, round((1 - setting) * score.numel()))
-        t.param.masked_fill_(~keep, 0.0)
+    """One-shot magnitude pruning of hf_sparse's default targets (per layer, or 2:4)."""
+    if setting == "2:4":
+        hf_sparse.prune(model, pattern="2:4", attach=False)
+    else:
+        hf_sparse.prune(model, setting, attach=False)
 
 
 def summary_plot(rows: list[dict], path: str) -> None:
