@@ -241,15 +241,20 @@ def check_dtypes(folder: Folder, infos: dict[str, TensorInfo], layout: ModelLayo
             raise ValueError(f"{folder.weights.first}: {name} is stored as {info.dtype} but the model expects {dtype}: file corrupt")
 
 
-def decode_weights(folder: Folder, layout: ModelLayout, encodings: dict) -> tuple[dict[str, torch.Tensor], Masks]:
-    """(dense state dict, masks the weights' encoding implies) after the header checks passed."""
-    tensors = folder.weights.load()
+def decode_weights(
+    folder: Folder, layout: ModelLayout, encodings: dict, keys: Optional[list[str]] = None
+) -> tuple[dict[str, torch.Tensor], Masks]:
+    """(dense state dict, masks the weights' encoding implies) after the header checks passed.
+
+    ``keys``: decode only these stored keys (all parts of each encoded weight among them)."""
+    tensors = folder.weights.load(keys)
     if folder.layout == COMPRESSED_TENSORS:
         return ct_layout.decode_state(tensors, {k: v[0] for k, v in layout.tensors.items()})
     if folder.layout == DENSE:
         return tensors, {}
     state: dict[str, torch.Tensor] = {}
     masks: Masks = {}
+    encodings = encodings if keys is None else {n: e for n, e in encodings.items() if native.part_key(n, "values") in tensors}
     parts_of: dict[str, dict[str, torch.Tensor]] = {name: {} for name in encodings}
     for key, value in tensors.items():
         split = native.split_part_key(key)
