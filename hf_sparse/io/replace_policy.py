@@ -48,8 +48,3 @@ def refuse_adapter_folder(directory: str) -> None:
             "paired with other weights. Save into another folder, or move the adapter files first"
         )
 
-
-def check_target_folder(directory: str) -> None:
-    """A save target must be a folder (or not exist yet): name the file that is in the way."""
-    if os.path.lexists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"cannot save into {directory}: it is a file, not a folder")

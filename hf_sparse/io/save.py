@@ -23,7 +23,7 @@ from .existing_masks import masks_from_zeros
 from .files import new_save_id, save_transaction
 from .native_format import COMPRESSED_TENSORS, DENSE, NATIVE
 from .readback import read_back
-from .replace_policy import check_target_folder, refuse_adapter_folder, replaced_by_a_save  # noqa: F401 (re-exported)
+from .replace_policy import refuse_adapter_folder, replaced_by_a_save  # noqa: F401 (re-exported)
 from .weights_header import adding_weights_header
 from .writers import (  # noqa: F401 (write_dense_checkpoint is used by the Trainer's checkpoints)
     _config_json,
@@ -108,7 +108,6 @@ def save_sparse(
     """
     fmt = layout_of(compressed)
     directory = os.fspath(save_directory)
-    check_target_folder(directory)
     refuse_adapter_folder(directory)
     if fmt == COMPRESSED_TENSORS and _config_json(model) is None:
         raise ValueError(
