@@ -175,7 +175,13 @@ def summarize_folder(directory: str) -> dict[str, Any]:
     first = next(iter(weights.values()))
     metadata = first.metadata
     block = (config or {}).get("quantization_config") or {}
-    ct_format = (block.get("sparsity_config") or {}).get("format") if block.get("quant_method") == "compressed-tensors" else None
+    if not isinstance(block, dict):
+        raise ValueError(f"{config_path}: quantization_config must be a JSON object, got {type(block).__name__}")
+    sparsity_block = block.get("sparsity_config") or {}
+    if not isinstance(sparsity_block, dict):
+        raise ValueError(f"{config_path}: quantization_config.sparsity_config must be a JSON object, "
+                         f"got {type(sparsity_block).__name__}")
+    ct_format = sparsity_block.get("format") if block.get("quant_method") == "compressed-tensors" else None
     has_ct = any(k.endswith(".bitmask") and k[: -len(".bitmask")] + ".compressed" in weights for k in weights)
     if native is None and has_ct and ct_format is None:
         raise ValueError(

@@ -115,3 +115,16 @@ def test_inspect_needs_neither_torch_nor_transformers_modeling(tmp_path, layout)
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert result["heavy"] == [], result["heavy"]
     print(f"inspect {layout}: {result['seconds']:.2f} s in process, {wall:.2f} s with interpreter start (not asserted)")
+
+
+@pytest.mark.parametrize("block", ['"sparse-bitmask"', "[1, 2]"])
+def test_a_sparsity_config_that_is_not_an_object_is_a_clear_error(tmp_path, block, capsys):
+    """inspect names the file and the field, as load_sparse does, instead of an AttributeError."""
+    path = _folder(tmp_path, "ct")
+    config_path = os.path.join(path, "config.json")
+    text = json.dumps({**json.load(open(config_path)), "quantization_config": {"quant_method": "compressed-tensors",
+                                                                               "sparsity_config": json.loads(block)}})
+    open(config_path, "w").write(text)
+    with pytest.raises(ValueError, match=r"config\.json: quantization_config\.sparsity_config must be a JSON object"):
+        summarize_folder(path)
+    assert main(["inspect", path]) == 2
