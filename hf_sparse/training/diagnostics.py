@@ -147,9 +147,21 @@ def prior_entropy(labels: Iterable[Any]) -> Optional[float]:
     return float(-sum(c / total * math.log(c / total) for c in counts.values()))
 
 
+def _flat_labels(labels: Iterable[Any]) -> Iterable[Any]:
+    """One label per scored position: per-token label lists are flattened, ignored positions (-100) skipped."""
+    for value in labels:
+        if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:
+            yield from _flat_labels(value.reshape(-1).tolist() if hasattr(value, "reshape") else value)
+        elif value != -100:
+            yield value
+
+
 def majority_rate(labels: Iterable[Any]) -> Optional[float]:
-    """Share of the most frequent label: the accuracy of always answering it (None if no labels)."""
-    counts = Counter(int(v) if hasattr(v, "__int__") else v for v in labels)
+    """Share of the most frequent label: the accuracy of always answering it (None if no labels).
+
+    Per-token labels (a list per example, -100 where a position is not scored) count token by token.
+    """
+    counts = Counter(int(v) if hasattr(v, "__int__") else v for v in _flat_labels(labels))
     total = sum(counts.values())
     return max(counts.values()) / total if total else None
 

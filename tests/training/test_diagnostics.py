@@ -315,3 +315,14 @@ def test_at_majority_rate_marks_rows_that_learned_nothing():
     assert at_majority_rate([[1, 1], [0, 0]], [[1, -100], [0, -100]]) is False  # ignored tokens skipped
     with pytest.raises(ValueError, match="one class per example"):
         at_majority_rate([1, 0], [1, 0, 1])
+
+
+def test_majority_rate_counts_per_token_labels_token_by_token():
+    """Token classification: labels are a list per example with -100 at ignored positions (was a TypeError)."""
+    import numpy as np
+    import torch
+
+    assert majority_rate([[0, 1, 1, -100], [1, -100]]) == 0.75
+    assert majority_rate([np.array([2, 2, -100]), np.array([0])]) == 2 / 3
+    assert majority_rate([torch.tensor([1, 1]), torch.tensor([0, -100])]) == 2 / 3
+    assert majority_rate([0, 1, 1]) == 2 / 3  # one label per example, as before
