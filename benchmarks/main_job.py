@@ -61,6 +61,7 @@ ROWS: dict[str, tuple[list[str], bool]] = {
                         "--teacher_model_name_or_path", "{dense}"], True) for p in ("80", "90", "95", "97")},
 }
 DENSE_REFERENCES = ("dense", "dense-cont", "dense-selfkd")
+MIN_SEEDS = 5  # per headline cell, before a goal counts as met
 GOALS = {"sparse-80": 1.0, "sparse-90": 2.0, "sparse-95": 3.0}  # points below the best dense, on test
 
 
@@ -186,7 +187,7 @@ def report(setting: str = "main") -> None:
     _, labels, digest = read_test()
     runs = [r for r in runs if r["test_sha256"] == digest]  # rows on another test file are not comparable
     if not runs:
-        print("no finished runs yet")
+        print(f"{setting}: no finished runs yet")
         return
     seeds_of = {row: sorted({r["seed"] for r in runs if r["row"] == row}) for row in ROWS}
     lines = [
@@ -222,9 +223,13 @@ def report(setting: str = "main") -> None:
         short = paired_bootstrap_gap(sparse, correct_matrix(runs, "dense", seeds, labels))
         goal = GOALS.get(row)
         met = "" if goal is None else ("yes" if 100 * gap.mean >= -goal else "no")
+        if goal is not None and gap.seeds < MIN_SEEDS:
+            met += f" ({gap.seeds} of {MIN_SEEDS} seeds)"
         lines.append(f"| {row} | {best} | {', '.join(map(str, seeds))} | {gap.points()} | {100 * gap.seed_sd:.1f} | "
                      f"{short.points()} | {'' if goal is None else f'-{goal:.1f}'} | {met} |")
         plot_rows.append((row, best, gap))
+    lines += ["", "Train times are wall-clock on the machine as it was (often shared and loaded: `load_avg` in the raw "
+              "rows); they are not speed figures."]
     missing = [ref for ref in DENSE_REFERENCES if not seeds_of[ref]]
     if missing:
         lines += ["", f"Not yet measured: {', '.join(missing)}; a gap is only against the references measured on the same seeds."]
@@ -251,9 +256,9 @@ def plot(rows: list, stem: str, title: str) -> None:
         if goal is not None:
             ax.plot([-goal], [i], marker="|", markersize=16, color="tab:red")
     ax.axvline(0, color="grey", lw=0.8)
-    ax.set_yticks(range(len(rows)), [f"{row}\nvs {best} ({gap.seeds} seeds)" for row, best, gap in rows])
-    ax.set_xlabel("test accuracy gap to the best dense (points), 95% CI; red: goal")
-    ax.set_title(f"{title}: sparse vs best dense reference")
+    ax.set_yticks(range(len(rows)), [f"{row}\nvs {best} ({gap.seeds} seed{'s' if gap.seeds > 1 else ''})" for row, best, gap in rows])
+    ax.set_xlabel("test accuracy gap to the best dense (points, 95% CI)")
+    ax.set_title(f"{title}: sparse vs best dense (red tick: goal)", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, f"{stem}.png"), dpi=120)
 
