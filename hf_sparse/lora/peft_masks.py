@@ -8,13 +8,12 @@ so masks from the sparse base, from the LoRA run and from the merged model are i
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ..config import CONFIG_NAME
+from ..io.binding import read_side_config
 from ..io.load import read_folder_masks
 from ..core.peft_layout import canonical_name
 from ..core.sparsifier import MaskEngine
@@ -37,16 +36,9 @@ def masks_from_directory(directory: Union[str, os.PathLike]) -> tuple[Masks, Opt
 
 
 def _saved_pattern(directory: str) -> Optional[str]:
-    """The pattern recorded beside the masks (sparsity_config.json)."""
-    path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is corrupt: {err}") from err
-    return config.get("pattern") if isinstance(config, Mapping) else None
+    """The pattern recorded beside the masks (sparsity_config.json; a malformed one is a ValueError)."""
+    config = read_side_config(directory)
+    return None if config is None else config.get("pattern")
 
 
 def _as_bool_masks(masks: Mapping[str, Any]) -> Masks:
