@@ -22,8 +22,7 @@ import warnings
 import torch
 from safetensors import safe_open
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import hf_sparse  # noqa: E402
+import hf_sparse
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYOUTS = {"dense": False, "native": True, "compressed-tensors": "compressed-tensors"}
