@@ -131,6 +131,7 @@ def run_row(name: str, seed: int, work_dir: str, setting: str = "main") -> dict:
         "test_sha256": digest, "test_predictions": "".join(map(str, predictions.tolist())),
         "final_sparsity": final_sparsity(output_dir), "train_runtime_s": results.get("train_runtime"),
         "wall_s": round(wall, 1), "load_avg": round(os.getloadavg()[0], 2),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),  # 1 vs 2 threads changes the last bits, not the result
     }
 
 
