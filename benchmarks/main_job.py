@@ -229,6 +229,9 @@ def report(setting: str = "main") -> None:
         lines.append(f"| {row} | {best} | {', '.join(map(str, seeds))} | {gap.points()} | {100 * gap.seed_sd:.1f} | "
                      f"{short.points()} | {'' if goal is None else f'-{goal:.1f}'} | {met} |")
         plot_rows.append((row, best, gap))
+    if any(r.get("git") == "5fc1e39" for r in runs):
+        lines += ["", "Rows with `git` 5fc1e39 ran on the library as of 0b12bad plus this script and the disjoint data "
+                  "(the commit was rebased onto main as 2441c22 and is not on main itself)."]
     lines += ["", "Train times are wall-clock on the machine as it was (often shared and loaded: `load_avg` in the raw "
               "rows); they are not speed figures."]
     missing = [ref for ref in DENSE_REFERENCES if not seeds_of[ref]]
