@@ -103,10 +103,15 @@ def predict(folder: str, sentences: list[str], batch_size: int = 64) -> np.ndarr
     return predictions
 
 
+def seed_folder(work_dir: str, setting: str, seed: int) -> str:
+    """Where one seed's runs go (the main setting keeps the flat layout its first rows were written in)."""
+    return os.path.join(work_dir, *([] if setting == "main" else [setting]), f"seed{seed}")
+
+
 def run_row(name: str, seed: int, work_dir: str, setting: str = "main") -> dict:
     flags, needs_dense = ROWS[name]
     flags = [*SETTINGS[setting], *flags]
-    seed_dir = os.path.join(work_dir, *([] if setting == "main" else [setting]), f"seed{seed}")
+    seed_dir = seed_folder(work_dir, setting, seed)
     dense_dir = os.path.join(seed_dir, "dense")
     if needs_dense and not os.path.isfile(os.path.join(dense_dir, "config.json")):
         raise FileNotFoundError(f"{name} needs the dense run of seed {seed} in {dense_dir}: run --row dense first")
@@ -288,8 +293,8 @@ def main() -> None:
         done = any(r["row"] == row and r["seed"] == seed and r.get("setting") == options.setting for r in read_runs())
         if done and not options.force:
             continue
-        seed_dir = os.path.join(options.work_dir, *([] if options.setting == "main" else [options.setting]), f"seed{seed}")
-        if ROWS[row][1] and not os.path.isfile(os.path.join(seed_dir, "dense", "config.json")):
+        dense_config = os.path.join(seed_folder(options.work_dir, options.setting, seed), "dense", "config.json")
+        if ROWS[row][1] and not os.path.isfile(dense_config):
             recorded = any(r["row"] == "dense" and r["seed"] == seed and r.get("setting") == options.setting
                            for r in read_runs())
             dense = run_row("dense", seed, options.work_dir, options.setting)  # the teacher this row starts from
