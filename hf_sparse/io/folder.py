@@ -15,17 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from . import ct_layout
-from .binding import check_model_config, check_side_config
+from .binding import check_save_binding
 from .files import leftover_backups
 from .native_format import (
     COMPRESSED_TENSORS,
     DENSE,
-    KEY_CONFIG,
     KEY_FORMAT,
-    KEY_MASKS,
-    KEY_SAVE_ID,
-    MASKS_IN_FILE,
-    MASKS_IN_WEIGHTS,
     MASKS_PATTERN,
     NATIVE,
     NATIVE_PATTERN,
@@ -132,10 +127,7 @@ def _inspect(directory: str) -> Folder:
             )
     else:
         layout, ct_format = _dense_or_ct(directory, dense, header, config)
-    _check_masks_belong(directory, weights, header, masks, masks_header, layout)
-    if KEY_SAVE_ID in header:  # files hf_sparse wrote: config.json and sparsity_config.json must be of this save
-        check_model_config(directory, weights.first, header, config)
-        check_side_config(directory, weights.first, header.get(KEY_CONFIG))
+    check_save_binding(directory, weights.first, header, masks.first if masks is not None else None, masks_header, config)
     return Folder(directory, layout, weights, masks, config, header, ct_format)
 
 
@@ -157,28 +149,6 @@ def _dense_or_ct(directory: str, dense: Checkpoint, header: dict, config: Option
             f"{_RESAVE}"
         )
     return (COMPRESSED_TENSORS, ct_format) if ct_format is not None else (DENSE, None)
-
-
-def _check_masks_belong(
-    directory: str, weights: Checkpoint, header: dict, masks: Optional[Checkpoint], masks_header: dict, layout: str
-) -> None:
-    where = header.get(KEY_MASKS)
-    if masks is None:
-        if where == MASKS_IN_FILE:
-            raise ValueError(
-                f"{weights.first} was saved with its masks in {MASKS_PATTERN.format(suffix='')}, which is missing "
-                f"(interrupted save or deleted file): without it kept zeros would be lost; {_RESAVE}"
-            )
-        return
-    weights_id, masks_id = header.get(KEY_SAVE_ID), masks_header.get(KEY_SAVE_ID)
-    name = os.path.basename(masks.first)
-    if weights_id is None or masks_id != weights_id or where == MASKS_IN_WEIGHTS:
-        written_by = "hf_sparse" if weights_id is not None else "another tool (e.g. save_pretrained)"
-        raise ValueError(
-            f"{directory}: {name} belongs to another save than {os.path.basename(weights.first)} (written by "
-            f"{written_by}): the masks would not match the weights. Delete {name} to take the masks from the "
-            f"weights' zeros, or {_RESAVE}"
-        )
 
 
 def describe_header(folder: Folder) -> dict[str, Any]:

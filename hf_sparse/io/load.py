@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .binding import check_side_config
+from .binding import check_checkpoint_state, check_side_config
 from .existing_masks import attach_masks, masks_from_zeros
 from .folder import Folder, describe_header, inspect_folder, save_header
 from .native_format import DENSE, KEY_CONFIG, KEY_SAVE_ID, MASKS_PATTERN, NATIVE_PATTERN, WEIGHTS_PATTERN, json_meta, read_masks_file
@@ -271,6 +271,7 @@ def describe(directory: PathLike) -> dict[str, Any]:
     weights hf_sparse would target, and says so (``masks_source``).
     """
     folder = inspect_folder(os.fspath(directory))
+    check_checkpoint_state(folder.directory, folder.weights.first, folder.header.get(KEY_SAVE_ID))  # as inspect does
     state, implied, encodings = _decode_checked(folder)
     if folder.masks is not None:
         masks, source = read_masks_file(folder.masks), "masks file"

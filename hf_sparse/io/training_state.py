@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 import torch
 from safetensors.torch import save_file
 
+from .binding import check_state_binding
 from .files import new_save_id, save_transaction
 from .native_format import KEY_SAVE_ID, MASKS_PATTERN, WEIGHTS_PATTERN, base_metadata, save_masks
 from .shards import open_checkpoint, read_metadata, with_checksums
@@ -161,13 +162,8 @@ def weights_save_id(directory: str) -> tuple[Optional[str], Optional[str]]:
 def check_weights_binding(directory: str, save_id: Optional[str], what: str) -> None:
     """The weights in ``directory`` must be of the save that wrote ``what`` (same save id), or be absent."""
     name, weights_id = weights_save_id(directory)
-    if name is not None and (save_id is None or weights_id != save_id):
-        written_by = "another save" if weights_id is not None else "another tool (no hf_sparse save id)"
-        raise ValueError(
-            f"{directory}: {name} and {what} are not from the same save ({name} was written by {written_by}; "
-            "files copied between checkpoints?): resuming would pair the weights of one save with the masks "
-            "and state of another. Resume from an untouched checkpoint"
-        )
+    if name is not None:
+        check_state_binding(directory, name, weights_id, what, save_id)
 
 
 def read_back_checkpoint(staging: str) -> None:

@@ -25,6 +25,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..io import binding
+
 WEIGHTS_PATTERN = "model{suffix}.safetensors"
 NATIVE_PATTERN = "model.sparse{suffix}.safetensors"
 MASKS_PATTERN = "sparse_masks{suffix}.safetensors"
@@ -174,6 +176,10 @@ def summarize_folder(directory: str) -> dict[str, Any]:
     _check_one_save(directory, list(weights.values()) + list((masks or {}).values()))
     first = next(iter(weights.values()))
     metadata = first.metadata
+    first_masks = next(iter(masks.values())) if masks else None
+    binding.check_save_binding(directory, first.path, metadata, first_masks and first_masks.path,
+                               first_masks.metadata if first_masks else {}, config)  # as a load checks
+    binding.check_checkpoint_state(directory, first.path, metadata.get(KEY_SAVE_ID))
     block = (config or {}).get("quantization_config") or {}
     if not isinstance(block, dict):
         raise ValueError(f"{config_path}: quantization_config must be a JSON object, got {type(block).__name__}")

@@ -370,7 +370,54 @@ def test_binding_checks_import_no_torch():
     from hf_sparse.config import CONFIG_NAME
     from hf_sparse.io import binding
 
-    assert binding.CONFIG_NAME == CONFIG_NAME
+    from hf_sparse.io import native_format, training_state
+
+    assert binding.CONFIG_NAME == CONFIG_NAME and binding.STATE_FILE == training_state.STATE_FILE
+    for key in ("KEY_SAVE_ID", "KEY_MASKS", "KEY_CONFIG", "MASKS_IN_FILE", "MASKS_IN_WEIGHTS"):
+        assert getattr(binding, key) == getattr(native_format, key), key
     code = "import sys, hf_sparse.io.binding; sys.exit('torch' in sys.modules)"
     root = os.path.dirname(os.path.dirname(hf_sparse.__file__))
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": root}).returncode == 0
+
+
+def _mix(tmp_path, checkpoints, kind):
+    """A folder whose files disagree in one way only; returns (folder, the file the error must name)."""
+    if kind == "state of another checkpoint":
+        folder = tmp_path / "checkpoint-4"
+        shutil.copytree(checkpoints / "checkpoint-4", folder)
+        shutil.copy2(checkpoints / "checkpoint-8" / "sparsity_state.safetensors", folder / "sparsity_state.safetensors")
+        return folder, "sparsity_state.safetensors"
+    model, _, folder = _saved(tmp_path)
+    if kind == "config.json dtype":
+        _edit_json(folder / "config.json", lambda c: c.update(dtype="bfloat16"))
+        return folder, "config.json"
+    if kind == "stale sparsity_config.json":
+        hf_sparse.SparsityConfig(method="rigl", sparsity=0.5).save_pretrained(folder)
+        return folder, "sparsity_config.json"
+    if kind == "masks deleted":
+        os.remove(folder / "sparse_masks.safetensors")
+        return folder, "sparse_masks.safetensors"
+    plain = tmp_path / "plain"  # "masks beside a plain save": weights of another tool, masks of hf_sparse
+    model.save_pretrained(plain)
+    shutil.copy2(folder / "sparse_masks.safetensors", plain / "sparse_masks.safetensors")
+    return plain, "sparse_masks.safetensors"
+
+
+@pytest.mark.parametrize("kind", ["config.json dtype", "stale sparsity_config.json", "masks deleted",
+                                  "masks beside a plain save", "state of another checkpoint"])
+def test_fast_inspect_refuses_what_a_load_refuses(tmp_path, checkpoints, kind, capsys):
+    """Old: ``inspect`` without --verify compared only the save ids of weights and masks: an edited
+    config.json, a stale sparsity_config.json, a deleted masks file, hf_sparse masks beside another
+    tool's weights and a resume state of another checkpoint printed a table and exit 0."""
+    folder, named = _mix(tmp_path, checkpoints, kind)
+    capsys.readouterr()
+    assert main(["inspect", str(folder)]) == 2
+    fast = capsys.readouterr()
+    assert named in fast.err and "total" not in fast.out
+    assert main(["inspect", "--verify", str(folder)]) == 2  # the full check refuses the same folder, for the same reason
+    assert capsys.readouterr().err == fast.err
+
+
+def test_inspect_on_an_untouched_checkpoint_passes(checkpoints, capsys):
+    assert main(["inspect", str(checkpoints / "checkpoint-4")]) == 0
+    assert "total" in capsys.readouterr().out
