@@ -1,4 +1,4 @@
-"""Names, versions and header metadata shared by hf_sparse's writer and reader, and the masks file.
+"""Header metadata written by hf_sparse's writers, and the masks file (names and keys: :mod:`.layout_names`).
 
 Folder layouts (``save_sparse``):
 
@@ -28,53 +28,12 @@ import torch
 
 from ..core.bitpack import pack_bits, unpack_bits
 from .native_codec import as_2d
-from .binding import KEY_MODEL_CONFIG
+from .layout_names import (  # noqa: F401  (public here too: the names predate layout_names)
+    COMPRESSED_TENSORS, DENSE, FORMAT_VERSION, FORMATS, KEY_ALIASES, KEY_CONFIG, KEY_ENCODINGS, KEY_FORMAT, KEY_MASKS,
+    KEY_MODEL_CONFIG, KEY_SAVE_ID, KEY_SHAPES, KEY_SPARSITY, KEY_VERSION, MASKS_IN_FILE, MASKS_IN_WEIGHTS, MASKS_PATTERN,
+    NATIVE, NATIVE_PATTERN, SAVE_KEYS, WEIGHTS_PATTERN, check_version, json_meta,
+)
 from .shards import Checkpoint, save_sharded
-
-FORMAT_VERSION = 1
-DENSE, NATIVE, COMPRESSED_TENSORS = "dense", "native", "compressed-tensors"
-FORMATS = (DENSE, NATIVE, COMPRESSED_TENSORS)
-WEIGHTS_PATTERN = "model{suffix}.safetensors"
-NATIVE_PATTERN = "model.sparse{suffix}.safetensors"
-MASKS_PATTERN = "sparse_masks{suffix}.safetensors"
-
-KEY_VERSION = "hf_sparse_format_version"
-KEY_FORMAT = "hf_sparse_format"
-KEY_CONFIG = "hf_sparse_sparsity_config"
-KEY_SPARSITY = "hf_sparse_tensor_sparsity"
-KEY_ENCODINGS = "hf_sparse_encodings"
-KEY_ALIASES = "hf_sparse_aliases"
-KEY_SHAPES = "hf_sparse_mask_shapes"
-KEY_SAVE_ID = "hf_sparse_save_id"
-KEY_MASKS = "hf_sparse_masks"
-MASKS_IN_FILE, MASKS_IN_WEIGHTS = "file", "weights"
-#: header keys every file of one save must agree on
-SAVE_KEYS = (KEY_VERSION, KEY_FORMAT, KEY_SAVE_ID, KEY_MASKS, KEY_CONFIG, KEY_MODEL_CONFIG)
-
-
-def check_version(metadata: Mapping[str, str], where: str) -> None:
-    """Refuse files from a newer, incompatible hf_sparse with a clear message."""
-    raw = metadata.get(KEY_VERSION)
-    if raw is None:
-        return
-    try:
-        version = int(raw)
-    except ValueError as err:
-        raise ValueError(f"{where}: invalid {KEY_VERSION} {raw!r}") from err
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{where} was written by a newer hf_sparse (format version {version}); this hf_sparse reads "
-            f"format versions <= {FORMAT_VERSION}: upgrade hf_sparse (pip install -U hf_sparse)"
-        )
-
-
-def json_meta(metadata: Mapping[str, str], key: str, where: str) -> Any:
-    if key not in metadata:
-        return None
-    try:
-        return json.loads(metadata[key])
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{where}: header metadata {key} is corrupt: {err}") from err
 
 
 def base_metadata(

@@ -9,8 +9,7 @@ number of stored values of hf_sparse's native encodings. A folder without stored
 name with the default ignore list of :mod:`hf_sparse.core.targets` (read from its source, not
 imported). ``inspect --verify`` runs the full check instead (:func:`hf_sparse.io.load.describe`).
 
-File names and header keys repeat those of :mod:`hf_sparse.io.native_format` (which needs
-torch); a test keeps the two equal.
+File names and header keys come from :mod:`hf_sparse.io.layout_names`, which imports no torch.
 """
 
 from __future__ import annotations
@@ -26,17 +25,11 @@ from typing import Any, Optional
 import numpy as np
 
 from ..io import binding
+from ..io.layout_names import (
+    KEY_CONFIG, KEY_ENCODINGS, KEY_SAVE_ID, KEY_SHAPES, KEY_VERSION, MASKS_PATTERN, NATIVE_PATTERN,
+    WEIGHTS_PATTERN, check_version, json_meta,
+)
 
-WEIGHTS_PATTERN = "model{suffix}.safetensors"
-NATIVE_PATTERN = "model.sparse{suffix}.safetensors"
-MASKS_PATTERN = "sparse_masks{suffix}.safetensors"
-KEY_VERSION = "hf_sparse_format_version"
-KEY_FORMAT = "hf_sparse_format"
-KEY_CONFIG = "hf_sparse_sparsity_config"
-KEY_ENCODINGS = "hf_sparse_encodings"
-KEY_SHAPES = "hf_sparse_mask_shapes"
-KEY_SAVE_ID = "hf_sparse_save_id"
-FORMAT_VERSION = 1
 MAX_HEADER = 100 * 1024 * 1024
 
 _NUMPY = {
@@ -142,15 +135,6 @@ def _row(shape: list[int], kept: int, nonzero: Optional[int], encoding: str) -> 
     }
 
 
-def _json_meta(metadata: dict, key: str, where: str) -> Any:
-    if key not in metadata:
-        return None
-    try:
-        return json.loads(metadata[key])
-    except ValueError as err:
-        raise ValueError(f"{where}: header metadata {key} is corrupt: {err}") from err
-
-
 def summarize_folder(directory: str) -> dict[str, Any]:
     """Layout, format version, files and per-tensor sparsity of a saved folder, from its files alone
     (the keys of :func:`hf_sparse.io.load.describe`, without its cross-checks against a model)."""
@@ -217,7 +201,7 @@ def summarize_folder(directory: str) -> dict[str, Any]:
         "layers": layers,
         "masks_source": source,
         "sparsity": 1.0 - kept / numel if numel else None,
-        "sparsity_config": _json_meta(metadata, KEY_CONFIG, first.path),
+        "sparsity_config": json_meta(metadata, KEY_CONFIG, first.path),
     }
 
 
@@ -225,9 +209,7 @@ def _check_one_save(directory: str, files: list[SafetensorsFile]) -> None:
     """Every file readable by this hf_sparse and written by one save (the cheap header checks of a load)."""
     ids = {}
     for file in {f.path: f for f in files}.values():
-        version = file.metadata.get(KEY_VERSION)
-        if version is not None and (not version.isdigit() or int(version) > FORMAT_VERSION):
-            raise ValueError(f"{file.path} has format version {version!r}; this hf_sparse reads <= {FORMAT_VERSION}: upgrade hf_sparse")
+        check_version(file.metadata, file.path)
         if KEY_SAVE_ID in file.metadata:
             ids[os.path.basename(file.path)] = file.metadata[KEY_SAVE_ID]
     if len(set(ids.values())) > 1:
@@ -237,7 +219,7 @@ def _check_one_save(directory: str, files: list[SafetensorsFile]) -> None:
 def _masks_file_layers(masks: dict[str, SafetensorsFile], weights: dict[str, SafetensorsFile]) -> dict[str, dict]:
     shapes: dict[str, list[int]] = {}
     for file in set(masks.values()):
-        part = _json_meta(file.metadata, KEY_SHAPES, file.path)
+        part = json_meta(file.metadata, KEY_SHAPES, file.path)
         if not isinstance(part, dict):
             raise ValueError(f"{file.path} lacks {KEY_SHAPES}: not an hf_sparse masks file")
         shapes.update(part)
@@ -251,7 +233,7 @@ def _masks_file_layers(masks: dict[str, SafetensorsFile], weights: dict[str, Saf
 
 
 def _native_layers(weights: dict[str, SafetensorsFile], metadata: dict, where: str) -> dict[str, dict]:
-    encodings = _json_meta(metadata, KEY_ENCODINGS, where)
+    encodings = json_meta(metadata, KEY_ENCODINGS, where)
     if not isinstance(encodings, dict):
         raise ValueError(f"{where} lacks hf_sparse's encodings header: not an hf_sparse compressed file")
     layers = {}
