@@ -23,20 +23,29 @@ _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 _PROCESSOR_FILES = ("preprocessor_config.json",)
 
 
-def load_sparse_inference(folder: str | os.PathLike, example_inputs: Any = None, **convert_kwargs: Any) -> nn.Module:
-    """The model saved in ``folder``, in eval mode, on CSR kernels: by its saved plan when one was
-    measured on this kind of machine, else timed here (on ``example_inputs`` when given).
-    ``convert_kwargs`` go to :func:`hf_sparse.to_sparse_inference`."""
-    from ..io.load import load_sparse
-
+def convert_loaded(model: nn.Module, masks: dict, folder: str | os.PathLike, example_inputs: Any = None,
+                   **convert_kwargs: Any) -> nn.Module:
+    """Put a model just loaded from ``folder`` on CSR kernels over the layers its ``masks`` name,
+    by the plan saved in ``folder`` when there is one (applied without timing on the same kind of
+    machine; re-timed, with a warning saying what differs, elsewhere). The one place every loader
+    (:func:`load_sparse_inference`, ``load_sparse(..., sparse_inference=True)``) converts."""
     folder = os.fspath(folder)
-    model, masks = load_sparse(folder)
     model.eval()
     patterns = [f"^{re.escape(name.rsplit('.', 1)[0])}$" for name in masks if name.endswith(".weight")]
     convert_kwargs.setdefault("targets", patterns or None)
     if os.path.isfile(os.path.join(folder, PLAN_FILE)):
         convert_kwargs.setdefault("plan", folder)
     return to_sparse_inference(model, example_inputs, **convert_kwargs)
+
+
+def load_sparse_inference(folder: str | os.PathLike, example_inputs: Any = None, **convert_kwargs: Any) -> nn.Module:
+    """The model saved in ``folder``, in eval mode, on CSR kernels: by its saved plan when one was
+    measured on this kind of machine, else timed here (on ``example_inputs`` when given).
+    ``convert_kwargs`` go to :func:`hf_sparse.to_sparse_inference`."""
+    from ..io.load import load_sparse
+
+    model, masks = load_sparse(folder)
+    return convert_loaded(model, masks, folder, example_inputs, **convert_kwargs)
 
 
 def sparse_pipeline(task: str, folder: str | os.PathLike, example_inputs: Any = None, *,
@@ -56,4 +65,4 @@ def sparse_pipeline(task: str, folder: str | os.PathLike, example_inputs: Any = 
     return pipeline(task, model=model, **pipeline_kwargs)
 
 
-__all__ = ["load_sparse_inference", "sparse_pipeline"]
+__all__ = ["convert_loaded", "load_sparse_inference", "sparse_pipeline"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Any, Optional, Union
 
 import torch
@@ -214,7 +213,9 @@ def load_sparse(
     over the saved sparsity config's targets (or hf_sparse's default targets). The masks are also
     attached to the model, so a ``SparseTrainer`` fine-tuning it starts from them.
     ``sparse_inference=True``: return the model in eval mode with CPU sparse kernels where they are
-    measured faster (``hf_sparse.to_sparse_inference`` on ``example_inputs``).
+    measured faster (``hf_sparse.to_sparse_inference`` on ``example_inputs``), or as the
+    ``sparse_inference_plan.json`` saved in the folder says when it was measured on this kind of
+    machine (else re-timed, with a warning saying what differs).
     """
     directory, from_pretrained_kwargs = _resolve_keywords(os.fspath(directory), dict(from_pretrained_kwargs))
     folder = inspect_folder(directory)
@@ -251,16 +252,10 @@ def load_sparse(
     check_weights_follow_masks(params, masks, folder.directory)
     attach_masks(model, masks)
     if sparse_inference:
-        from ..inference.convert import to_sparse_inference
+        from ..inference.serving import convert_loaded
 
-        model.eval()
-        to_sparse_inference(model, example_inputs, targets=_module_patterns(masks) or None)
+        convert_loaded(model, masks, folder.directory, example_inputs)
     return model, masks
-
-
-def _module_patterns(masks: dict[str, torch.Tensor]) -> list[str]:
-    """Exact module-name regexes for the masked weights (what to consider for sparse kernels)."""
-    return [f"^{re.escape(name.rsplit('.', 1)[0])}$" for name in masks if name.endswith(".weight")]
 
 
 # -- inspect ----------------------------------------------------------------------------------------

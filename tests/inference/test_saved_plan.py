@@ -120,3 +120,35 @@ def test_inspect_names_the_plan_and_a_corrupt_plan_is_an_error(saved, capsys):
     open(os.path.join(folder, PLAN_FILE), "w").write("{not json")
     with pytest.raises(ValueError, match=PLAN_FILE):
         load_sparse_inference(folder, timer=no_timing)
+
+
+def test_load_sparse_with_sparse_inference_applies_the_saved_plan(saved, caplog, monkeypatch):
+    """``load_sparse(folder, sparse_inference=True)`` uses the saved plan exactly as sparse_pipeline does."""
+    import hf_sparse.inference.convert as convert
+
+    folder, dense, plan, _ = saved
+    monkeypatch.setattr(convert, "interleaved_timer", lambda: no_timing)
+    with caplog.at_level(logging.INFO, logger="hf_sparse.inference"):
+        model, _ = hf_sparse.load_sparse(folder, sparse_inference=True)
+    assert "saved plan" in model.sparse_inference_plan.source and "applied the saved plan" in caplog.text
+    on_kernels = {n: m.kernel for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+    assert on_kernels == {c.name: c.kernel for c in plan.converted}
+    inputs = bert_inputs()
+    with torch.no_grad():
+        assert (model(**inputs).logits - dense(**inputs).logits).abs().max() < 1e-5
+
+
+def test_load_sparse_with_sparse_inference_re_times_on_another_machine(saved, caplog, monkeypatch):
+    import hf_sparse.inference.convert as convert
+
+    folder, _, _, _ = saved
+    path = os.path.join(folder, PLAN_FILE)
+    data = json.load(open(path))
+    data["machine"]["torch"] = "0.0.1"
+    open(path, "w").write(json.dumps(data))
+    calls = []
+    monkeypatch.setattr(convert, "interleaved_timer", lambda: lambda n, c: calls.append(n) or always("spmm")(n, c))
+    with caplog.at_level(logging.WARNING, logger="hf_sparse.inference"):
+        model, _ = hf_sparse.load_sparse(folder, sparse_inference=True, example_inputs=bert_inputs())
+    assert calls and model.sparse_inference_plan.source == "measured"
+    assert "another machine" in caplog.text and "torch" in caplog.text
