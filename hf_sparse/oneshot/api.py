@@ -134,6 +134,19 @@ def _prune_target(target: Target, spec: type[OneShotMethod], statistic, settings
     return mask if target.in_dim == 1 else mask.t().contiguous()
 
 
+def _prune_targets(
+    targets: Sequence[Target], spec: type[OneShotMethod], collector: InputCollector, settings: LayerSettings, masks: Masks
+) -> None:
+    """Prune ``targets`` in order; a statistic (and what was derived from it) is freed after its last reader."""
+    statistics = collector.statistics
+    last_reader = {id(statistics[t.name]): t.name for t in targets if t.name in statistics}
+    for target in targets:
+        statistic = statistics.get(target.name)
+        masks[target.name] = _prune_target(target, spec, statistic, settings)
+        if statistic is not None and last_reader[id(statistic)] == target.name:
+            statistic.release()
+
+
 def _check_layers(model: nn.Module, found: Sequence[Target], method: str) -> None:
     modules = dict(model.named_modules())
     bad = [t.module_name for t in found if not isinstance(modules[t.module_name], (nn.Linear,) + ((Conv1D,) if isinstance(Conv1D, type) else ()))]
@@ -178,8 +191,7 @@ def _prune_calibrated(
                 if block_targets:
                     collector = _collect(block_targets, modules, spec, lambda c: run_block(block, inputs, c.begin_batch, keep_outputs=False))
                     tokens = max([tokens] + [s.tokens for s in collector.statistics.values()])
-                    for target in block_targets:
-                        masks[target.name] = _prune_target(target, spec, collector.statistics.get(target.name), settings)
+                    _prune_targets(block_targets, spec, collector, settings, masks)
                 if index < last:
                     inputs = [item.with_hidden(out) for item, out in zip(inputs, run_block(block, inputs))]
             finally:
@@ -199,8 +211,7 @@ def _prune_calibrated(
 
         collector = _collect(outside, modules, spec, whole_model)
         tokens = max([tokens] + [s.tokens for s in collector.statistics.values()])
-        for target in outside:
-            masks[target.name] = _prune_target(target, spec, collector.statistics.get(target.name), settings)
+        _prune_targets(outside, spec, collector, settings, masks)
     logger.info("prune: %s calibrated on %d tokens", spec.name, tokens)
     return {t.name: masks[t.name] for t in found}
 

@@ -12,7 +12,7 @@ from typing import Callable, ClassVar, Optional
 import torch
 
 from .magnitude import magnitude_mask
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import dampened_inverse_cholesky, sparsegpt_prune
 from .statistics import Gram, InputStatistic, SquaredNorms
 from .wanda import wanda_mask
 
@@ -65,9 +65,13 @@ class SparseGPT(OneShotMethod):
 
     @classmethod
     def prune_layer(cls, weight, statistic, settings, in_dim=1):
+        hessian = statistic.value / max(statistic.tokens, 1)
+        key = ("inverse_cholesky", settings.dampening)
+        if key not in statistic.cache:  # once per distinct input: q/k/v (and gate/up) share it
+            statistic.cache[key] = dampened_inverse_cholesky(hessian, settings.dampening)
         return sparsegpt_prune(
-            weight, statistic.value / max(statistic.tokens, 1), settings.sparsity, settings.nm,
-            block_size=settings.block_size, dampening=settings.dampening,
+            weight, hessian, settings.sparsity, settings.nm, block_size=settings.block_size,
+            dampening=settings.dampening, inverse_cholesky=statistic.cache[key],
         )
 
 

@@ -51,12 +51,20 @@ def sparsegpt_prune(
     nm: Optional[tuple[int, int]] = None,
     block_size: int = 128,
     dampening: float = 0.01,
+    inverse_cholesky: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` (out, in) given ``hessian`` = ``X^T X`` over calibration tokens (in, in).
 
     Returns (new weight in the input's dtype, mask with True = kept). Unstructured: each block of
     columns prunes exactly ``round(rows * block_columns * sparsity)`` weights (the lowest saliencies of
     the block, so rows differ, as in the paper); N:M: ``m - n`` of every ``m`` consecutive columns per row.
+    ``inverse_cholesky``: ``dampened_inverse_cholesky(hessian, dampening)`` when already computed (layers
+    that share an input, e.g. q/k/v, share it).
+
+    Speed: the block is held transposed, so column ``j`` is a contiguous row and its update of the
+    block's later columns is one outer product into a reused buffer and one in-place subtraction; the
+    0/1 prune flags of a block (or of an N:M group) are computed once, not per column. The arithmetic
+    is that of the plain per-column loop, operation for operation, so the result is bit-identical to it.
     """
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
@@ -66,35 +74,48 @@ def sparsegpt_prune(
         if cols % m or block_size % m:
             raise ValueError(f"sparsegpt: N:M needs in_features ({cols}) and block_size ({block_size}) to be multiples of M={m}")
     w = weight.detach().float().clone()
-    u = dampened_inverse_cholesky(hessian, dampening)
+    u = dampened_inverse_cholesky(hessian, dampening) if inverse_cholesky is None else inverse_cholesky
     keep = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
-        block = w[:, start:end].clone()
         u_block = u[start:end, start:end]
         u_diag = torch.diagonal(u_block)
-        errors = torch.zeros_like(block)
-        block_keep = torch.ones_like(block, dtype=torch.bool)
         if nm is None:
-            saliency = block.pow(2) / u_diag.pow(2).unsqueeze(0)
-            n_prune = int(round(block.numel() * sparsity))
-            if n_prune:
-                lowest = torch.topk(saliency.reshape(-1), n_prune, largest=False, sorted=False).indices
-                block_keep.view(-1)[lowest] = False
+            block_keep = _block_mask(w[:, start:end], u_diag, sparsity)
+            prune_t = (~block_keep).t().float()  # (columns, rows): 1.0 where pruned
+        else:
+            block_keep = torch.ones(rows, end - start, dtype=torch.bool, device=w.device)
+            prune_t = torch.empty(end - start, rows, dtype=w.dtype, device=w.device)
+        block_t = w[:, start:end].t().contiguous()  # row j = input column start + j
+        errors_t = torch.empty_like(block_t)
+        update = torch.empty_like(block_t)
         for j in range(end - start):
-            if nm is not None and j % nm[1] == 0:
-                group = slice(j, j + nm[1])
-                saliency = block[:, group].pow(2) / u_diag[group].pow(2).unsqueeze(0)
-                lowest = torch.topk(saliency, nm[1] - nm[0], dim=1, largest=False).indices
-                block_keep[:, group].scatter_(1, lowest, False)
-            column = block[:, j]
-            pruned = torch.where(block_keep[:, j], column, torch.zeros_like(column))
-            error = (column - pruned) / u_block[j, j]
-            block[:, j:] -= error.unsqueeze(1) * u_block[j, j:].unsqueeze(0)
-            block[:, j] = pruned  # exactly the kept value or 0 (the update above moved it by its own error)
-            errors[:, j] = error
-        w[:, start:end] = block
+            if nm is not None and j % m == 0:  # the group's mask from its weights as updated so far
+                group = block_t[j:j + m].t().contiguous()
+                saliency = group.pow(2) / u_diag[j:j + m].pow(2).unsqueeze(0)
+                lowest = torch.topk(saliency, m - n, dim=1, largest=False).indices
+                block_keep[:, j:j + m].scatter_(1, lowest, False)
+                torch.logical_not(block_keep[:, j:j + m].t(), out=prune_t[j:j + m])  # bool -> 0/1 floats
+            error = torch.div(block_t[j], u_diag[j], out=errors_t[j])  # (w - pruned) / U_jj: w / U_jj where pruned, else 0
+            error.mul_(prune_t[j])
+            if j + 1 < end - start:  # the rest of the block absorbs the error (product, then difference:
+                rest = update[j + 1:]  # the roundings of the plain loop, so masks and weights stay bit-identical)
+                torch.outer(u_block[j, j + 1:], error, out=rest)
+                block_t[j + 1:].sub_(rest)
+        w[:, start:end] = block_t.t()
         keep[:, start:end] = block_keep
-        w[:, end:] -= errors @ u[start:end, end:]
+        if end < cols:
+            w[:, end:] -= errors_t.t() @ u[start:end, end:]  # lazy update of the columns to the right
     w.masked_fill_(~keep, 0.0)
     return w.to(weight.dtype), keep
+
+
+def _block_mask(block: torch.Tensor, u_diag: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Unstructured mask of one block (rows, columns): the ``round(numel * sparsity)`` lowest ``w^2 / U_jj^2`` pruned."""
+    keep = torch.ones_like(block, dtype=torch.bool)
+    n_prune = int(round(block.numel() * sparsity))
+    if n_prune:
+        saliency = block.pow(2) / u_diag.pow(2).unsqueeze(0)
+        lowest = torch.topk(saliency.reshape(-1), n_prune, largest=False, sorted=False).indices
+        keep.view(-1)[lowest] = False
+    return keep

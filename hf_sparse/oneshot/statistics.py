@@ -20,6 +20,12 @@ class InputStatistic:
         self.features = features
         self.device = device
         self.tokens = 0
+        self.cache: dict = {}  # what a criterion derives from the statistic once for every layer sharing it
+
+    def release(self) -> None:
+        """Free the sum and the cache once the last layer that reads them is pruned."""
+        self.value = None
+        self.cache = {}
 
     def add(self, rows: torch.Tensor) -> None:
         """``rows``: (tokens, features) inputs of one batch."""
