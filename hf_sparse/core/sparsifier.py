@@ -72,6 +72,10 @@ class MaskEngine:
         #: LOCAL, or the FSDP2 shard group once ``bind`` finds sharded parameters.
         self.reduction: Reduction = LOCAL
         self._read_metadata = existing_masks if existing_masks is not None else (lambda: None)
+        #: Where fresh gradients come from when the method asks for them before an update
+        #: (``PruningMethod.fresh_gradients_wanted``); ``SparseTrainer`` sets it, a hand-written loop may
+        #: set a ``hf_sparse.core.calibration.GradientSampler``.
+        self.gradient_sampler: Optional[Callable[..., Any]] = None
 
     # -- views ------------------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -160,6 +164,8 @@ class MaskEngine:
         self.method.setup(total_steps)
         with use(self.reduction):
             if not self.started:
+                if self.method.is_update_step(0):
+                    self._fresh_gradients(0)
                 if all_kept(self.masks):  # no masks given: what does the model carry?
                     start, source = self.method.starting_masks(ExistingMasks(self.weights(), self._metadata_masks))
                     log_masks(start, source, f"{self.config.method}")
@@ -209,6 +215,7 @@ class MaskEngine:
             self.pending_update = due
         elif due:
             grads = self._dense_grads if self.method.needs_gradients else None
+            self._fresh_gradients(step)
             with use(self.reduction):
                 new = self.method.update_masks(step, self.weights(), self.masks, grads)
             self._set_masks(new, optimizer)
@@ -219,6 +226,27 @@ class MaskEngine:
         self._dense_grads = None
         self.apply_masks()
         return updated
+
+    def _fresh_gradients(self, step: int) -> None:
+        """Hand the method the fresh gradients it wants before the update of ``step`` (if any)."""
+        request = self.method.fresh_gradients_wanted(step)
+        if request is None:
+            return
+        if self.gradient_sampler is None:
+            raise RuntimeError(
+                f"method {self.config.method!r} wants {request.batches} fresh training batches before the mask update "
+                f"of step {step} (e.g. gmp's fisher_estimate='fresh'), but this engine has no gradient_sampler: "
+                "SparseTrainer sets one; a hand-written loop sets sparsifier.gradient_sampler = "
+                "hf_sparse.core.calibration.GradientSampler(model, batches, loss)"
+            )
+        self.apply_masks()  # the gradients are those of the masked model
+        gradients = self.gradient_sampler(request, self.params)
+        try:
+            self.method.observe_fresh_gradients(gradients)
+        finally:
+            close = getattr(gradients, "close", None)
+            if close is not None:
+                close()
 
     @torch.no_grad()
     def apply_masks(self) -> None:

@@ -10,7 +10,7 @@ DyReLU) and return TrainerCallbacks that ``SparseTrainer`` adds. The engine (``M
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Optional, Union
 
 import torch
 
@@ -21,6 +21,7 @@ from ..core.targets import Target
 
 if TYPE_CHECKING:
     from ..config import SparsityConfig
+    from ..core.calibration import GradientRequest
     from ..core.starting_masks import ExistingMasks
 
 Masks = dict[str, torch.Tensor]
@@ -142,6 +143,15 @@ class PruningMethod:
 
     def observe_gradients(self, grads: Mapping[str, torch.Tensor]) -> None:
         """After each optimizer step that moved the weights: the gradients it used (clipped, zero where pruned)."""
+
+    def fresh_gradients_wanted(self, step: int) -> Optional["GradientRequest"]:
+        """Fresh gradients of the current masked model the method wants right before the mask update of
+        ``step`` (e.g. oBERT's Fisher), or None. The engine fetches them (``hf_sparse.core.calibration``) and
+        passes them to ``observe_fresh_gradients`` just before ``update_masks``."""
+        return None
+
+    def observe_fresh_gradients(self, gradients: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        """The gradients asked for by ``fresh_gradients_wanted``: one ``{name: gradient}`` per batch (or example)."""
 
     def update_logs(self) -> dict[str, float]:
         """Numbers about the last update worth logging (e.g. how many weights regrew)."""

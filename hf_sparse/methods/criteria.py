@@ -3,22 +3,34 @@
 ``magnitude`` is |w|. ``fisher`` is the diagonal Optimal Brain Surgeon saliency: removing weight i
 raises the loss by about w_i**2 * F_ii / 2, with F the empirical Fisher (the mean of squared
 gradients). oBERT (Kurtic et al. 2022) uses blocks of the inverse Fisher; the diagonal is its block
-size 1, and costs one running average of squared gradients per targeted weight (the size of one Adam
-moment). In the GLUE example at 90% it beat magnitude on every seed measured (docs/finetuning.md).
+size 1. Two estimates of F:
+
+- ``running`` (``FisherCriterion``): a running mean of the squared gradients of every optimizer step
+  (decay ``FISHER_DECAY``); free (no extra forward pass), one tensor the size of one Adam moment, but it
+  mixes gradients from before earlier pruning steps;
+- ``fresh`` (``FreshFisherCriterion``, oBERT's): re-estimated right before each pruning step from m
+  fresh gradients of the current masked model (``hf_sparse.core.calibration``), either of m mini-batches
+  (oBERT's) or of every example of them (the empirical Fisher proper). Cost per pruning step: m extra
+  forward/backward passes of a mini-batch (per example: m * batch_size passes of one example each).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 
+from ..core.calibration import GradientRequest
 from ..core.masks import magnitude_scores, masked_scores
 
 logger = logging.getLogger(__name__)
 
 CRITERIA = ("magnitude", "fisher")
+#: How F is estimated: a running mean over optimizer steps, or fresh gradients right before each pruning step.
+FISHER_ESTIMATES = ("running", "fresh")
+#: Which gradients a fresh F squares: mini-batch gradients (oBERT) or per-example ones (the empirical Fisher).
+FISHER_GRADIENTS = ("batch", "example")
 #: Decay of the running mean of squared gradients: Adam's default beta2, whose second moment is
 #: the estimate the recipe was measured with.
 FISHER_DECAY = 0.999
@@ -101,9 +113,66 @@ class FisherCriterion(MagnitudeCriterion):
         self.fisher = {name: torch.as_tensor(f).float().clone() for name, f in state.get("fisher", {}).items()}
 
 
-def make_criterion(name: str) -> MagnitudeCriterion:
+class FreshFisherCriterion(FisherCriterion):
+    """|w| * sqrt(F) with F = (1/m) * sum_j g_j**2 over m fresh gradients of the current masked model.
+
+    ``request(seed)`` says which gradients to fetch right before a pruning step (``batches`` training
+    batches, each one gradient, or one per example with ``per_example``); ``estimate`` turns them into
+    F; ``scores`` uses it once and drops it, so no pruning step reuses another's estimate and nothing
+    is kept in checkpoints.
+    """
+
+    observes_gradients: ClassVar[bool] = False
+
+    def __init__(self, batches: int, per_example: bool = False) -> None:
+        super().__init__()
+        self.batches = batches
+        self.per_example = per_example
+        #: How many gradients the last estimate averaged (m), for logs and tests.
+        self.last_count = 0
+
+    def request(self, seed: int) -> GradientRequest:
+        return GradientRequest(self.batches, self.per_example, seed)
+
+    @torch.no_grad()
+    def estimate(self, gradients: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        """F = the mean of the squared gradients given (all of them: one pass, summed in float32)."""
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for grads in gradients:
+            count += 1
+            for name, grad in grads.items():
+                total = sums.get(name)
+                if total is None:
+                    total = sums[name] = torch.zeros_like(grad, dtype=torch.float32)
+                total.addcmul_(grad, grad)
+        self.fisher = {name: total.div_(count) for name, total in sums.items()}
+        self.last_count = count
+
+    def observe(self, grads: Mapping[str, torch.Tensor]) -> None:
+        pass  # optimizer-step gradients are not used: F comes from ``estimate`` only
+
+    def scores(self, weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        try:
+            return super().scores(weights, masks)
+        finally:
+            self.fisher = {}  # used once: the next pruning step estimates its own
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.fisher = {}
+
+
+def make_criterion(name: str, fisher_estimate: str = "running", fisher_batches: int = 16,
+                   fisher_gradients: str = "batch") -> MagnitudeCriterion:
     if name == "magnitude":
         return MagnitudeCriterion()
     if name == "fisher":
-        return FisherCriterion()
+        if fisher_estimate == "running":
+            return FisherCriterion()
+        if fisher_estimate == "fresh":
+            return FreshFisherCriterion(fisher_batches, per_example=fisher_gradients == "example")
+        raise ValueError(f"fisher_estimate must be one of {FISHER_ESTIMATES}, got {fisher_estimate!r}")
     raise ValueError(f"criterion must be one of {CRITERIA}, got {name!r}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 import torch
 
 from ..core.masks import magnitude_scores, overall_sparsity
-from .criteria import CRITERIA, make_criterion
+from ..core.calibration import GradientRequest
+from .criteria import CRITERIA, FISHER_ESTIMATES, FISHER_GRADIENTS, FreshFisherCriterion, make_criterion
 from .recipe_defaults import recommend_schedule_scale
 from .registry import register_method
 from .schedules import ConstantSparsity, PolynomialSparsity, UpdateSteps
@@ -35,6 +36,26 @@ class GMPArgs:
         metadata={
             "help": "Which weights go first: 'magnitude' (smallest |w|) or 'fisher' (smallest w**2 * F, the diagonal "
             "Optimal Brain Surgeon saliency with F a running mean of squared gradients; the recipe's choice)."
+        },
+    )
+    fisher_estimate: str = field(
+        default="running",
+        metadata={
+            "help": "How the fisher criterion estimates F: 'running' (a mean of the squared gradients of every "
+            "optimizer step, decay 0.999; no extra cost) or 'fresh' (oBERT: re-estimated right before each pruning "
+            "step from fisher_batches new training batches on the current masked model, eval mode; costs that many "
+            "extra forward/backward passes per pruning step; not under FSDP2)."
+        },
+    )
+    fisher_batches: int = field(
+        default=16,
+        metadata={"help": "With fisher_estimate='fresh': how many training batches (m) each estimate uses."},
+    )
+    fisher_gradients: str = field(
+        default="batch",
+        metadata={
+            "help": "With fisher_estimate='fresh': square each batch's gradient ('batch', oBERT) or each example's "
+            "('example', the empirical Fisher; one forward/backward per example, batch_size times the passes)."
         },
     )
 
@@ -118,7 +139,12 @@ class GMP(MagnitudePruning):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.criterion = make_criterion(self._criterion_for_targets())
+        self.criterion = make_criterion(self._criterion_for_targets(), self.args.fisher_estimate,
+                                        self.args.fisher_batches, self.args.fisher_gradients)
+        if isinstance(self.criterion, FreshFisherCriterion):  # an instance value: the class runs under FSDP2
+            self.fsdp_refusal = ("gmp's fisher_estimate='fresh' draws extra batches through the whole model before each "
+                                 "pruning step, which is not implemented for sharded parameters; use "
+                                 "fisher_estimate='running' (exact under FSDP2)")
 
     def _criterion_for_targets(self) -> str:
         """``fisher`` needs gradients: frozen targets (a LoRA base) refuse it, or drop the recipe's choice."""
@@ -143,7 +169,20 @@ class GMP(MagnitudePruning):
         criterion = cls.parse_args(config.method_args or {}).criterion
         if criterion not in CRITERIA:
             raise ValueError(f"method 'gmp': criterion must be one of {CRITERIA}, got {criterion!r}")
-        jump = cls.parse_args(config.method_args or {}).initial_jump
+        args = cls.parse_args(config.method_args or {})
+        if args.fisher_estimate not in FISHER_ESTIMATES:
+            raise ValueError(f"method 'gmp': fisher_estimate must be one of {FISHER_ESTIMATES}, got {args.fisher_estimate!r}")
+        if args.fisher_gradients not in FISHER_GRADIENTS:
+            raise ValueError(f"method 'gmp': fisher_gradients must be one of {FISHER_GRADIENTS}, got {args.fisher_gradients!r}")
+        if args.fisher_batches < 1:
+            raise ValueError(f"method 'gmp': fisher_batches must be >= 1, got {args.fisher_batches}")
+        if args.fisher_gradients != "batch" and args.fisher_estimate != "fresh":
+            raise ValueError("method 'gmp': fisher_gradients='example' needs fisher_estimate='fresh' (the running "
+                             "estimate sees only the optimizer's mini-batch gradients)")
+        if (args.fisher_estimate != "running" or args.fisher_gradients != "batch") and criterion != "fisher":
+            raise ValueError(f"method 'gmp': fisher_estimate/fisher_gradients apply to criterion 'fisher', got "
+                             f"criterion {criterion!r}")
+        jump = args.initial_jump
         if jump is None:
             return
         if isinstance(jump, bool) or not isinstance(jump, (int, float)):
@@ -178,6 +217,15 @@ class GMP(MagnitudePruning):
 
     def observe_gradients(self, grads: Mapping[str, torch.Tensor]) -> None:
         self.criterion.observe(grads)
+
+    def fresh_gradients_wanted(self, step: int) -> Optional[GradientRequest]:
+        """With ``fisher_estimate='fresh'``: the batches to estimate F from, chosen by the run's seed and ``step``."""
+        if not isinstance(self.criterion, FreshFisherCriterion):
+            return None
+        return self.criterion.request(seed=self.config.seed * 1_000_003 + step)
+
+    def observe_fresh_gradients(self, gradients: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        self.criterion.estimate(gradients)  # type: ignore[attr-defined]
 
     def scores(self, weights: Mapping[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
         return self.criterion.scores(weights, masks)

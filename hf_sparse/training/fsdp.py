@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 SHARDS_DIR = "hf_sparse_shards"
 
 
-def refuse_unsupported(trainer: Any, method_class: Optional[type], sparse_base: bool) -> None:
-    """Clear errors for the sharded setups hf_sparse cannot keep exact (checked at construction)."""
+def refuse_unsupported(trainer: Any, method: Any, sparse_base: bool) -> None:
+    """Clear errors for the sharded setups hf_sparse cannot keep exact (checked at construction).
+
+    ``method``: the method (or its class); its ``fsdp_refusal`` may depend on its settings."""
     if getattr(trainer, "is_deepspeed_enabled", False):
         plugin = trainer.accelerator.state.deepspeed_plugin
         if getattr(plugin, "zero_stage", None) == 3:
@@ -48,9 +50,9 @@ def refuse_unsupported(trainer: Any, method_class: Optional[type], sparse_base: 
             "a sparse LoRA base (base_masks= or a peft model) is not supported under FSDP; use DDP "
             "(accelerate launch --num_processes N without --use_fsdp)"
         )
-    reason = getattr(method_class, "fsdp_refusal", None)
+    reason = getattr(method, "fsdp_refusal", None)
     if reason:
-        raise ValueError(f"method {method_class.name!r} cannot run under FSDP: {reason}")
+        raise ValueError(f"method {method.name!r} cannot run under FSDP: {reason}")
 
 
 def is_fsdp2(trainer: Any) -> bool:

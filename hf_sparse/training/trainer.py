@@ -14,6 +14,7 @@ from ..config import SparsityConfig
 from ..lora.peft_sparsifier import PeftSparsifier
 from . import fsdp
 from .callback import SparsityCallback, sparsity_logs
+from .calibration import trainer_gradient_sampler
 from .card_hub import push_compressed, write_trainer_card
 from .checkpoint import save_checkpoint
 from .diagnostics import UnderTrainingCallback
@@ -39,7 +40,8 @@ class SparseTrainer(Trainer):
         for callback in model_callbacks:
             self.add_callback(callback)
         # FSDP2 runs; FSDP1, DeepSpeed ZeRO-3, a sparse LoRA base under FSDP and east are refused.
-        fsdp.refuse_unsupported(self, type(self.sparsifier.method), isinstance(self.sparsifier, PeftSparsifier))
+        fsdp.refuse_unsupported(self, self.sparsifier.method, isinstance(self.sparsifier, PeftSparsifier))
+        self.sparsifier.gradient_sampler = trainer_gradient_sampler(self)  # for methods that want fresh gradients
         self.add_callback(SparsityCallback(self.sparsifier, lambda: self.accelerator.optimizer_step_was_skipped))
         self.undertraining = UnderTrainingCallback()
         self.add_callback(self.undertraining)
