@@ -149,7 +149,7 @@ def test_the_prior_is_read_evenly_over_a_sorted_dataset():
     """A large dataset sorted by label: its head alone would say one class (entropy 0)."""
     from types import SimpleNamespace
 
-    from hf_sparse.training.diagnostics import _dataset_labels
+    from hf_sparse.training.diagnostics.task_prior import _dataset_labels
 
     sorted_items = [{"labels": 0}] * 15_000 + [{"labels": 1}] * 15_000
     labels = _dataset_labels(SimpleNamespace(dataset=sorted_items))
