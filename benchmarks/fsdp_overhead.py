@@ -5,7 +5,7 @@
 A BERT-base-sized model (~110M parameters, built from config, nothing downloads) trained by the
 plain ``Trainer`` (dense) and by ``SparseTrainer`` (GMP 90%, global allocation: the heaviest mask
 update, one exact threshold over all targeted weights of both ranks) under FSDP2, each in its own
-``torch.distributed.run`` launch of 2 CPU ranks (the test-only CPU patch of tests/scripts/fsdp_cpu.py).
+``torch.distributed.run`` launch of 2 CPU ranks (the test-only CPU patch ``hf_sparse.testing_utils.enable_cpu_fsdp``).
 
 - memory: each rank's peak RSS while training (a 5 ms sampler thread from train begin; the
   unsharded model built before sharding is the same in both modes and is not counted);
@@ -30,15 +30,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _child(mode: str, steps: int, update_step: int, out: str) -> None:
-    sys.path.insert(0, os.path.join(ROOT, "tests", "scripts"))
     import psutil
     import torch
     import torch.distributed as dist
-    from fsdp_cpu import enable_cpu_fsdp
     from torch.utils.data import Dataset
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
     from hf_sparse import SparseTrainer, SparsityConfig
+    from hf_sparse.testing_utils import enable_cpu_fsdp
 
     class Tokens(Dataset):
         def __init__(self, n: int, seq: int = 32):
@@ -120,7 +119,6 @@ def _launch(mode: str, steps: int, update_step: int, out: str) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
                "--child", mode, "--steps", str(steps), "--update-step", str(update_step), "--raw", out]  # fmt: skip
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     subprocess.run(command, env=env, check=True, timeout=1200, start_new_session=True)
 
 

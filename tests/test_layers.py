@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("hf_sparse.io",)),
     # the config-built engine and the engine of a sparse LoRA base
     ("engine", ("hf_sparse.sparsifier", "hf_sparse.lora")),
-    ("training", ("hf_sparse.training",)),
+    ("training", ("hf_sparse.training", "hf_sparse.testing_utils")),
     ("applications", ("hf_sparse.reporting", "hf_sparse.oneshot", "hf_sparse.vision", "hf_sparse.inference.serving")),
     ("commands", ("hf_sparse.commands",)),
     ("top", ("hf_sparse",)),

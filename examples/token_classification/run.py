@@ -46,7 +46,7 @@ from transformers import (
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from seq_metrics import example_counts, micro_scores  # noqa: E402
-from wnut16 import load_splits  # noqa: E402
+from wnut16 import load_splits, text_hash  # noqa: E402
 
 from hf_sparse import (  # noqa: E402
     DistillationConfig,
@@ -264,13 +264,14 @@ def predict_in_order(trainer: Trainer, dataset: datasets.Dataset) -> list[list[i
 
 
 def write_predictions(trainer: Trainer, dataset: datasets.Dataset, rows: list, id_to_label: dict[int, str],
-                      path: str, max_length: int) -> None:
-    """One json line per evaluation sentence: tokens, gold and predicted tags, entity and token counts.
+                      path: str, max_length: int) -> dict[str, float]:
+    """One json line per evaluation sentence: its id (the normalized-text hash of the splits), tokens, gold
+    and predicted tags, entity and token counts; returns the micro scores over those lines.
 
     Words cut by ``--max_seq_length`` are predicted 'O' (their gold entities count as missed).
     """
     tokenizer = trainer.processing_class
-    lines = []
+    lines, counts = [], []
     for (tokens, gold), predicted in zip(rows, predict_in_order(trainer, dataset), strict=True):
         word_ids = tokenizer(tokens, is_split_into_words=True, truncation=True,
                              max_length=max_length).word_ids()
@@ -278,9 +279,11 @@ def write_predictions(trainer: Trainer, dataset: datasets.Dataset, rows: list, i
         tags = ["O"] * len(tokens)  # a word without a sub-token (cut, or dropped by the tokenizer): 'O'
         for word, p in zip(labelled, predicted, strict=True):
             tags[word] = id_to_label[p]
-        lines.append(json.dumps({"tokens": tokens, "gold": gold, "pred": tags, **example_counts(gold, tags)}))
+        counts.append(example_counts(gold, tags))
+        lines.append(json.dumps({"id": text_hash(tokens), "tokens": tokens, "gold": gold, "pred": tags, **counts[-1]}))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
+    return micro_scores(counts)
 
 
 def dense_path(path: str) -> str:
@@ -371,8 +374,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             trainer.save_metrics("eval", metrics)
             results.update(metrics)
     if data_args.predictions_file and eval_dataset is not None:
-        write_predictions(trainer, eval_dataset, eval_rows, id_to_label, data_args.predictions_file,
-                          data_args.max_seq_length)
+        scores = write_predictions(trainer, eval_dataset, eval_rows, id_to_label, data_args.predictions_file,
+                                   data_args.max_seq_length)
+        # over every word of the file (cut words count as 'O'), unlike eval_f1 (the words the model saw)
+        results.update(predictions_f1=scores["f1"], predictions_token_accuracy=scores["token_accuracy"])
     report = sparsity_report(trainer.model, targets=sparsity_config.targets, ignore=sparsity_config.ignore)
     results["final_sparsity"] = report["sparsity"]
     if trainer.is_world_process_zero():

@@ -119,6 +119,9 @@ def test_the_two_stage_run_on_a_tiny_model(tmp_path):
         assert all(len(line["pred"]) == len(line["tokens"]) == len(line["gold"]) for line in lines)
         assert seq_metrics.micro_scores(lines)["f1"] == pytest.approx(results[
             "eval_f1" if name == "pred.jsonl" else "dense_eval_f1"])
+        assert [line["id"] for line in lines] == [wnut16.text_hash(line["tokens"]) for line in lines]
+    scores = seq_metrics.micro_scores([json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()])
+    assert (results["predictions_f1"], results["predictions_token_accuracy"]) == (scores["f1"], scores["token_accuracy"])
     reused = run.main(args + ["--teacher_model_name_or_path", str(tmp_path / "out" / "dense_teacher"),
                               "--output_dir", str(tmp_path / "reused")])
     assert reused["dense_eval_f1"] == results["dense_eval_f1"] and "dense_train_runtime" not in reused  # evaluated only

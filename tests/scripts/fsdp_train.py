@@ -3,7 +3,7 @@
 Run by tests/training/test_fsdp.py as
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 fsdp_train.py OUT_DIR``.
 
-accelerate does not turn FSDP on for CPU ranks; ``fsdp_cpu.enable_cpu_fsdp`` is the test-only patch.
+accelerate does not turn FSDP on for CPU ranks; ``hf_sparse.testing_utils.enable_cpu_fsdp`` is the test-only patch.
 
 Per scenario (a tiny BERT, every BertLayer its own FSDP2 group):
 - after every optimizer step, the gathered weights are exactly 0 where the gathered masks prune,
@@ -22,19 +22,18 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for helpers
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/scripts/ for fsdp_cpu
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from helpers import PairDataset, tiny_bert, training_args  # noqa: E402
-from fsdp_cpu import enable_cpu_fsdp  # noqa: E402
 from hf_sparse import SparseTrainer, SparsityConfig, load_sparse  # noqa: E402
 from hf_sparse.core.distributed import gather_rows, local, shutdown_distributed  # noqa: E402
 from hf_sparse.core.reduction import LOCAL, use  # noqa: E402
 from hf_sparse.core.targets import find_targets  # noqa: E402
 from hf_sparse.registry import get_method_class  # noqa: E402
+from hf_sparse.testing_utils import enable_cpu_fsdp  # noqa: E402
 
 STEPS = 8
 COMMON = dict(recipe="none", start=1, end=6, update_every=1, targets=[r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|intermediate\.dense|output\.dense)$"])
