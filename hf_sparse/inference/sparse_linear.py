@@ -47,6 +47,12 @@ CHUNK_TOKENS = 1024
 
 KERNELS = ("spmm", "mkl")
 
+# Add the bias without a pass of its own: into the transposing output copy (``torch.add(y^T, b,
+# out=y)``), or, for a layer that hands its output over transposed, inside the kernel (``[W | b]``
+# times ``[x^T ; 1]``). The separate ``add_`` it replaces was ~16% of a converted MiniLM forward
+# (docs/inference.md). A switch so that benchmarks/bias_fusion.py can time both in one process.
+FUSED_BIAS = True
+
 
 def kernels_for(device: torch.device) -> tuple[str, ...]:
     """The kernels that run on ``device``. torch's ``sparse.mm(..., "sum")`` kernel is CPU-only; the
@@ -156,6 +162,7 @@ class SparseLinear(nn.Module):
         self.contiguous_output = True
         self.chunk_tokens = CHUNK_TOKENS
         self.input_transpose: Optional[SharedInputTranspose] = None
+        self.fused_bias = FUSED_BIAS
         self.out_features, self.in_features = weight.shape
         self.weight_dtype = weight.dtype
         self.weight_requires_grad = module.weight.requires_grad
@@ -178,6 +185,8 @@ class SparseLinear(nn.Module):
         bias = getattr(module, "bias", None)
         self.bias_requires_grad = bias.requires_grad if isinstance(bias, nn.Parameter) else False
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
+        # [W | b] in CSR, built on first use by layers that add their bias inside the kernel
+        self.register_buffer("weight_csr_bias", None, persistent=False)
         self.adopt_shell(module)
 
     def adopt_shell(self, module: nn.Module) -> None:
@@ -229,10 +238,11 @@ class SparseLinear(nn.Module):
             y = y.to(x.dtype)
         return y.reshape(*lead, self.out_features)
 
-    def _transposed_chunks(self, x: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    def _transposed_chunks(self, x: torch.Tensor, ones_row: bool = False) -> list[tuple[torch.Tensor, int]]:
         """``x^T`` as (in_features, columns) blocks of at most ``chunk_tokens`` tokens, in the compute
         dtype, with how many columns are tokens: ``(block, tokens)``. Copies get zero padding columns
-        (see :func:`padded_tokens`); an input already in (features, tokens) layout is used as it is."""
+        (see :func:`padded_tokens`) and, with ``ones_row``, a last row of ones (for ``[W | b]``); an
+        input already in (features, tokens) layout is used as it is."""
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != self.weight_csr.dtype:
             x2 = x2.to(self.weight_csr.dtype)
@@ -244,30 +254,62 @@ class SparseLinear(nn.Module):
         for start in range(0, max(tokens, 1), chunk):
             part = x2[start : start + chunk]
             n = part.shape[0]
-            block = part.new_empty(self.in_features, padded_tokens(n))
-            block[:, :n].copy_(part.t())
+            block = part.new_empty(self.in_features + int(ones_row), padded_tokens(n))
+            block[: self.in_features, :n].copy_(part.t())
             if block.shape[1] > n:
-                block[:, n:].zero_()
+                block[: self.in_features, n:].zero_()
+            if ones_row:
+                block[self.in_features].fill_(1.0)
             blocks.append((block, n))
         return blocks
 
-    def _chunk_product(self, x_t: torch.Tensor) -> torch.Tensor:
-        """``W x^T + b`` as (out_features, columns)."""
-        weight, bias = self.weight_csr, self.bias
-        if bias is not None and bias.dtype != weight.dtype:
-            bias = bias.to(weight.dtype)
+    def _compute_bias(self) -> Optional[torch.Tensor]:
+        bias = self.bias
+        if bias is not None and bias.dtype != self.weight_csr.dtype:
+            bias = bias.to(self.weight_csr.dtype)
+        return bias
+
+    def _csr_with_bias(self) -> torch.Tensor:
+        """``[W | b]`` in CSR (int32 indices): times ``[x^T ; 1]`` it gives ``W x^T + b`` in one kernel call."""
+        if self.weight_csr_bias is None:
+            weight = self.weight_csr.to_dense()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                csr = torch.cat([weight, self._compute_bias()[:, None]], dim=1).to_sparse_csr()
+            self.weight_csr_bias = torch.sparse_csr_tensor(
+                csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(), csr.shape,
+                check_invariants=False,
+            )
+        return self.weight_csr_bias
+
+    def _chunk_product(self, x_t: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """``W x^T`` as (out_features, columns), ``+ b`` when ``add_bias``. A block with a last row of
+        ones (``in_features + 1`` rows) is multiplied by ``[W | b]``: the bias comes out of the kernel."""
+        if x_t.shape[0] == self.in_features + 1:
+            weight, bias = self._csr_with_bias(), None
+        else:
+            weight, bias = self.weight_csr, (self._compute_bias() if add_bias else None)
         if self.kernel == "mkl" or x_t.shape[1] < SPMM_MIN_TOKENS:
             return torch.mm(weight, x_t) if bias is None else torch.addmm(bias[:, None], weight, x_t)
         y_t = torch.sparse.mm(weight, x_t, "sum")
         return y_t if bias is None else y_t.add_(bias[:, None])
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused_bias and self.bias is not None
         if self.input_transpose is not None:
             blocks = self.input_transpose.chunks(x, lambda: self._transposed_chunks(x))
-        else:
-            blocks = self._transposed_chunks(x)
-        parts = [self._chunk_product(block)[:, :n] for block, n in blocks]
+        else:  # a layer handing its output over transposed takes its bias from the kernel
+            blocks = self._transposed_chunks(x, ones_row=fused and not self.contiguous_output)
         if self.contiguous_output:
+            parts = [self._chunk_product(block, add_bias=not fused)[:, :n] for block, n in blocks]
+            if fused:  # the bias is added by the transposing copy itself
+                bias = self._compute_bias()
+                y = parts[0].new_empty(sum(p.shape[1] for p in parts), self.out_features)
+                start = 0
+                for p in parts:
+                    torch.add(p.t(), bias, out=y[start : start + p.shape[1]])
+                    start += p.shape[1]
+                return y
             if len(parts) == 1:
                 return parts[0].t().contiguous()
             y = parts[0].new_empty(sum(p.shape[1] for p in parts), self.out_features)
@@ -276,6 +318,7 @@ class SparseLinear(nn.Module):
                 y[start : start + p.shape[1]].copy_(p.t())
                 start += p.shape[1]
             return y
+        parts = [self._chunk_product(block)[:, :n] for block, n in blocks]
         return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).t()
 
     def _autograd_product(self, x2: torch.Tensor) -> torch.Tensor:

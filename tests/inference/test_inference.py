@@ -514,3 +514,28 @@ def test_directly_chained_layers_take_the_padded_transposed_view_exactly(kernel)
         got = b(hidden)
         expected = second(first(x))
     assert (got - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kernel", ["spmm", "mkl"])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bias_in_the_output_copy_or_in_the_kernel_matches_dense(kernel, contiguous, fused, dtype):
+    """The bias added by the transposing copy (contiguous output) or by the kernel as a column of
+    ``[W | b]`` (transposed output) gives the dense layer's result, across spmm/MKL chunks."""
+    g = torch.Generator().manual_seed(7)
+    dense = nn.Linear(40, 56).to(dtype)
+    with torch.no_grad():
+        dense.weight.mul_(torch.rand(56, 40, generator=g) > 0.9)
+        dense.bias.normal_(generator=g)
+    layer = SparseLinear(copy.deepcopy(dense), kernel=kernel).eval()
+    layer.chunk_tokens, layer.contiguous_output, layer.fused_bias = 128, contiguous, fused
+    x = torch.randn(2, 100, 40, generator=g).to(dtype)  # 200 tokens: a 128-token chunk and a 72-token one
+    with torch.no_grad():
+        got, expected = layer(x), dense(x)
+    assert got.shape == expected.shape and got.dtype == dtype and got.is_contiguous() == contiguous
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2 * expected.abs().max().item()
+    assert (got.float() - expected.float()).abs().max() <= tolerance
+    assert (layer.weight_csr_bias is not None) == (fused and not contiguous)  # [W | b] only where used
+    restored = layer.to_dense_module()
+    assert torch.equal(restored.weight, dense.weight) and torch.equal(restored.bias, dense.bias)
