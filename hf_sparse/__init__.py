@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "SparsityConfig": ".config",
     "SparsityReport": ".reporting.sparsity_report",
     "UnderTrainingCallback": ".training.diagnostics",
+    "apply_recipe": ".methods.recipe_defaults",
     "at_majority_rate": ".training.diagnostics",
     "available_methods": ".registry",
     "available_presets": ".presets",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # eager imports for type checkers and IDEs only
     from .lora.merge import MergeResult, merge_and_unload
     from .lora.peft_sparsifier import MaskedLoraDeltas, PeftSparsifier
     from .methods.base import PruningMethod
+    from .methods.recipe_defaults import apply_recipe
     from .oneshot.api import prune
     from .registry import available_methods, get_method_class, register_method
     from .reporting.size_speed import SizeSpeedReport, report

@@ -1,14 +1,18 @@
 """SparsityConfig: what the user asked for, validated at the boundary, JSON-serialisable.
 
-The config holds fields and their validation. At construction the sparse-aware defaults
-(``recipe="auto"``, :mod:`hf_sparse.methods.recipe_defaults`) fill the fields left at "auto" and the
-method's class checks ``method_args``; ``resolve_step`` and ``update_interval`` turn fractions of the
-run into steps. Schedules, allocation and methods read it.
+The config holds fields and their validation (the method's class checks ``method_args``, with the keys the
+recipe would add). Fields
+left at "auto" stay "auto" here: the sparse-aware recipe fills them from outside
+(:func:`hf_sparse.methods.recipe_defaults.apply_recipe`, called by ``Sparsifier``, ``SparseTrainer``,
+``SparsityArguments`` and ``python -m hf_sparse config``), which returns a filled copy whose
+``recipe_choices`` say what the recipe chose. ``resolve_step`` and ``update_interval`` turn fractions
+of the run into steps. Schedules, allocation and methods read a filled config.
 Fields carry ``metadata={"help": ...}`` so ``HfArgumentParser`` turns them into flags.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -19,7 +23,7 @@ from typing import Any, Optional, Union
 
 from .core.choices import ALLOCATIONS, INITIAL_MASKS, LR_SHAPES  # noqa: F401  (public here too)
 from .io.files import atomic_write_text
-from .methods.recipe_defaults import RECIPE_UPDATES, resolve_recipe
+from .methods.recipe_defaults import RECIPE_UPDATES, recipe_values
 from .methods.registry import get_method_class
 from .presets import preset_fields
 
@@ -129,8 +133,9 @@ class SparsityConfig:
         if self.sparsity is None:
             self.sparsity = 1.0 - nm[0] / nm[1] if nm else 0.9
         self._check_fraction("sparsity", self.sparsity)
-        #: What the recipe filled in ({field: value}); empty for recipe='none' or a config with no 'auto' left.
-        self.recipe_choices: dict[str, Any] = resolve_recipe(self)
+        #: What the recipe filled in ({field: value}; empty for recipe='none' or a config with no 'auto' left);
+        #: None until ``hf_sparse.methods.recipe_defaults.apply_recipe`` has filled this config.
+        self.recipe_choices: Optional[dict[str, Any]] = None
         self._check_fraction("initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.sparsity:
             raise ValueError(
@@ -140,11 +145,11 @@ class SparsityConfig:
             raise ValueError(
                 f"pattern {self.pattern!r} fixes sparsity at {1 - nm[0] / nm[1]:g}; got sparsity={self.sparsity}"
             )
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation not in (*ALLOCATIONS, AUTO):
+            raise ValueError(f"allocation must be one of {ALLOCATIONS} or 'auto', got {self.allocation!r}")
         if isinstance(self.layer_floor, bool) or not isinstance(self.layer_floor, (int, float)) or not 0 <= self.layer_floor <= 1:
             raise ValueError(f"layer_floor must be a number in [0, 1] (a fraction of 1 - sparsity), got {self.layer_floor!r}")
-        if nm is not None and self.allocation != "uniform":
+        if nm is not None and self.allocation not in ("uniform", AUTO):
             raise ValueError(f"pattern {self.pattern!r} needs allocation='uniform', got {self.allocation!r}")
         for name in ("start", "end"):
             value = getattr(self, name)
@@ -163,18 +168,28 @@ class SparsityConfig:
                 except re.error as err:
                     raise ValueError(f"{name}: invalid regex {pattern!r}: {err}") from err
         self._check_fine_tuning()
-        get_method_class(self.method).validate_config(self)
+        self._check_method_args()
+
+    def _check_method_args(self) -> None:
+        """The method checks ``method_args`` as the run will see them: with the keys the recipe adds where the
+        user gave none (``fisher_estimate`` alone is valid under recipe='auto', which sets ``criterion='fisher'``).
+        The check reads a copy; this config keeps its "auto" fields."""
+        run_view = copy.copy(self)
+        for name, value in recipe_values(self)[0].items():
+            setattr(run_view, name, value)
+        get_method_class(self.method).validate_config(run_view)
 
     def _check_fine_tuning(self) -> None:
         """Schedule scale and LR rewinding (sparse-aware fine-tuning, ``docs/finetuning.md``)."""
         scale = self.schedule_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 1.0:
-            raise ValueError(f"schedule_scale must be a number >= 1 (1 = the run as given), got {scale!r}")
-        self.schedule_scale = float(scale)
+        if scale is not None:  # None: "auto", the recipe's
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 1.0:
+                raise ValueError(f"schedule_scale must be a number >= 1 (1 = the run as given) or 'auto', got {scale!r}")
+            self.schedule_scale = float(scale)
         if self.lr_rewinding in ("", "none", "None"):
             self.lr_rewinding = None
-        if self.lr_rewinding is not None and self.lr_rewinding not in LR_SHAPES:
-            raise ValueError(f"lr_rewinding must be None or one of {LR_SHAPES}, got {self.lr_rewinding!r}")
+        if self.lr_rewinding is not None and self.lr_rewinding not in (*LR_SHAPES, AUTO):
+            raise ValueError(f"lr_rewinding must be None, 'auto' or one of {LR_SHAPES}, got {self.lr_rewinding!r}")
         if isinstance(self.lr_floor, bool) or not isinstance(self.lr_floor, (int, float)) or not 0 <= self.lr_floor <= 1:
             raise ValueError(f"lr_floor must be a number in [0, 1] (fraction of the peak LR), got {self.lr_floor!r}")
 
@@ -231,6 +246,7 @@ class SparsityConfig:
         ``total_steps`` is the (already scaled) run length, so fractions stretch by themselves;
         a step number is multiplied by ``schedule_scale`` here, the one place steps are scaled.
         """
+        self._require_filled()
         if self.is_step(value):
             return int(round(value * self.schedule_scale))
         return int(round(value * total_steps))
@@ -241,9 +257,15 @@ class SparsityConfig:
         A number is stretched by ``schedule_scale`` (as many mask updates, each interval longer);
         None (``'auto'``) spreads ``hf_sparse.methods.recipe_defaults.RECIPE_UPDATES`` updates over the ramp, whatever its length.
         """
+        self._require_filled()
         if self.update_every is None:
             return max(1, int(round((end - start) / RECIPE_UPDATES)))
         return max(1, int(round(self.update_every * self.schedule_scale)))
+
+    def _require_filled(self) -> None:
+        if self.schedule_scale is None:
+            raise ValueError("schedule_scale is still 'auto': fill the config with "
+                             "hf_sparse.methods.recipe_defaults.apply_recipe(config) first (Sparsifier and SparseTrainer do)")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "SparsityConfig":

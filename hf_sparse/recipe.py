@@ -9,6 +9,8 @@ from .methods.recipe_defaults import (  # noqa: F401
     RECIPE_UPDATES,
     UNSET,
     recommend_schedule_scale,
+    apply_recipe,
+    recipe_values,
     resolve_recipe,
 )
 

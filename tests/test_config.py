@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import HfArgumentParser
 
-from hf_sparse import SparsityConfig
+from hf_sparse import SparsityConfig, apply_recipe
 
 
 def test_defaults_resolve_sparsity():
@@ -53,12 +53,12 @@ def test_wrong_types_raise_type_error():
 
 
 def test_start_end_fraction_or_step():
-    config = SparsityConfig(start=0.1, end=300.0, update_every=10, recipe="none")  # recipe='auto' scales steps
+    config = apply_recipe(SparsityConfig(start=0.1, end=300.0, update_every=10, recipe="none"))  # 'auto' scales steps
     assert config.end == 300 and isinstance(config.end, int)
     assert config.resolve_step(config.start, 1000) == 100
     assert config.resolve_step(config.end, 1000) == 300
     assert config.resolve_step(1.0, 1000) == 1000  # 1.0 is a fraction, 1 a step
-    assert SparsityConfig(start=1, end=1, recipe="none").resolve_step(1, 1000) == 1
+    assert apply_recipe(SparsityConfig(start=1, end=1, recipe="none")).resolve_step(1, 1000) == 1
 
 
 def test_dict_json_and_folder_round_trips(tmp_path):

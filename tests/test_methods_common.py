@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_sparse import SparseTrainer, SparsityConfig, available_methods, get_method_class
+from hf_sparse import SparseTrainer, SparsityConfig, available_methods, apply_recipe, get_method_class
 from hf_sparse.io.training_state import load_sparsity_state
 from hf_sparse.core.masks import nm_mask, topk_mask
 from hf_sparse.core.optim_state import _inner
@@ -185,7 +185,7 @@ def test_every_recipe_of_the_config_has_a_row():
 
 @pytest.mark.parametrize("name", sorted(RECIPE_ROWS))
 def test_recipe_keeps_the_invariants_and_resumes_exactly(tmp_path, name):
-    config = SparsityConfig(**RECIPE_ROWS[name])
+    config = apply_recipe(SparsityConfig(**RECIPE_ROWS[name]))
     assert config.recipe_choices, "the row must exercise what the recipe fills in"
     full, checker = _train(tmp_path / "full", config, save_strategy="steps", save_steps=4)
     full.train()

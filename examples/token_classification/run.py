@@ -52,6 +52,7 @@ from hf_sparse import (  # noqa: E402
     DistillationConfig,
     SparseTrainer,
     SparsityConfig,
+    apply_recipe,
     sparsity_report,
     train_dense_then_sparse,
 )
@@ -351,7 +352,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         # evaluated only), then a copy of it pruned (or, --self_distillation, kept dense) while distilling from it.
         second, scale = sparsity_config, None
         if sparse_args.self_distillation:  # as long as the --sparsity stage would be, but dense
-            second, scale = SparsityConfig(sparsity=0.0, recipe="none"), sparsity_config.schedule_scale
+            second, scale = SparsityConfig(sparsity=0.0, recipe="none"), apply_recipe(sparsity_config).schedule_scale
         result = train_dense_then_sparse(
             model, training_args, second, train_dataset, eval_dataset, distillation=distillation_from(sparse_args),
             dense_model=None if teacher_name == "auto" else model_args.teacher_model_name_or_path,

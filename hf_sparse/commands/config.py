@@ -1,7 +1,8 @@
 """``python -m hf_sparse config [PATH] [--method NAME] [--explain] [--methods [--readme FILE]]``: print a validated config or the methods' options.
 
-The config is printed as JSON with its ``method_args`` complete (every option of the method, the
-defaults included); ``--explain`` describes the method's options instead; ``--methods`` prints the
+The config is printed as JSON as the run will use it: its "auto" fields filled by the sparse-aware recipe
+and its ``method_args`` complete (every option of the method, the defaults included); ``--explain``
+describes the method's options instead, and what the recipe chose; ``--methods`` prints the
 methods table (the README's, generated from each method's ``Args`` dataclass) and ``--readme FILE``
 rewrites that table in FILE.
 """
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import SparsityConfig, as_sparsity_config
     from ..io.files import atomic_write_text
+    from ..methods.recipe_defaults import apply_recipe
     from ..methods.settings import describe_method, methods_table, replace_table, resolved_method_args
     from ..methods.registry import available_methods, get_method_class
 
@@ -43,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
     fields = {} if args.path is None else as_sparsity_config(args.path).to_dict()
     if args.method is not None and args.method != fields.get("method"):
         fields = {**fields, "method": args.method, "method_args": {}}  # another method's options do not carry over
-    config = SparsityConfig.from_dict(fields)
+    config = apply_recipe(SparsityConfig.from_dict(fields))
     method_class = get_method_class(config.method)
     if args.explain:
         print(describe_method(method_class))
+        chosen = ", ".join(f"{name}={value!r}" for name, value in config.recipe_choices.items())
+        print(f"recipe={config.recipe!r} chose: {chosen}" if chosen else f"recipe={config.recipe!r} chose nothing")
         return 0
     data = config.to_dict()
     data["method_args"] = resolved_method_args(method_class, config.method_args)

@@ -78,7 +78,9 @@ class PeftSparsifier(Sparsifier):
         in_dims = [next(t.in_dim for t in self.targets if t.name == name) for name in masks]
         pattern = self.base_pattern or common_pattern(list(masks.values()), in_dims)
         sparsity = None if parse_nm(pattern) else round(min(self.sparsity, 0.999999), 6)
-        self.config = self.method.config = dataclasses.replace(self.config, pattern=pattern, sparsity=sparsity)
+        described = dataclasses.replace(self.config, pattern=pattern, sparsity=sparsity)
+        described.recipe_choices = self.config.recipe_choices  # the same recipe's fill, a field or two more said
+        self.config = self.method.config = described
 
     def _initial_masks(self, known: Optional[Masks], prefix: str) -> Masks:
         known = known or {}

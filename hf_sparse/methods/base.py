@@ -92,6 +92,10 @@ class PruningMethod:
                 f"(requires_grad=False, e.g. a LoRA base), first {frozen[0]!r}; "
                 "use gmp, oneshot or constant on a frozen base"
             )
+        if config.recipe_choices is None:  # built directly, not by a Sparsifier: fill the "auto" fields first
+            from .recipe_defaults import apply_recipe  # here: recipe_defaults imports the registry, which imports methods
+
+            config = apply_recipe(config)
         self.config = config
         self.args = self.parse_args(config.method_args or {})
         self.targets = targets

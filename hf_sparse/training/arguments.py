@@ -2,7 +2,7 @@
 
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, SparsityArguments))
     ..., sparsity_args = parser.parse_args_into_dataclasses()
-    config = sparsity_args.to_sparsity_config()          # preset / JSON file, then the flags on top
+    config = sparsity_args.to_sparsity_config()          # preset / JSON file, the flags on top, the recipe
     teacher = sparsity_args.teacher()                    # "auto", None or a folder / Hub id
     distillation = sparsity_args.distillation_config()   # DistillationConfig or None
 
@@ -21,6 +21,7 @@ from dataclasses import field
 from typing import Any, Optional
 
 from ..config import SparsityConfig
+from ..methods.recipe_defaults import apply_recipe
 from .distill import DistillationConfig
 
 AUTO_TEACHER = "auto"
@@ -48,16 +49,19 @@ class _SparsityArgumentsMixin:
         }
 
     def to_sparsity_config(self) -> SparsityConfig:
-        """A preset or a JSON file (or the defaults), then every given field on top; validated."""
+        """A preset or a JSON file (or the defaults), then every given field on top; validated, and filled by the
+        sparse-aware recipe (``apply_recipe``) so that a script reads the values the run will use."""
         overrides = self.given()
         if self.preset and self.sparsity_config:
             raise ValueError("give either --preset or --sparsity_config, not both (flags can override either)")
         if self.preset:
-            return SparsityConfig.from_preset(self.preset, **overrides)
-        if self.sparsity_config:
+            config = SparsityConfig.from_preset(self.preset, **overrides)
+        elif self.sparsity_config:
             base = SparsityConfig.from_json_file(self.sparsity_config).to_dict()
-            return SparsityConfig.from_dict({**base, **overrides})
-        return SparsityConfig.from_dict(overrides)
+            config = SparsityConfig.from_dict({**base, **overrides})
+        else:
+            config = SparsityConfig.from_dict(overrides)
+        return apply_recipe(config)
 
     def teacher(self) -> Optional[str]:
         """``"auto"`` (train the dense teacher first: ``train_dense_then_sparse``), None, or a folder / Hub id."""

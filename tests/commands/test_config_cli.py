@@ -26,6 +26,11 @@ def test_explain_and_methods_table(capsys, tmp_path):
     assert main(["config", "--method", "acdc", "--explain"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("acdc: ") and "warmup (int | float, default 0.1)" in out
+    assert out.rstrip().endswith("recipe='auto' chose nothing")  # no measured recipe for acdc
+    assert main(["config", "--method", "gmp", "--explain"]) == 0
+    assert "recipe='auto' chose: allocation='global', schedule_scale=3.0" in capsys.readouterr().out
+    assert main(["config", "--method", "gmp"]) == 0  # the JSON is the config as the run will use it
+    assert json.loads(capsys.readouterr().out)["allocation"] == "global"
     assert main(["config", "--methods"]) == 0
     assert "| `set` |" in capsys.readouterr().out
     readme = tmp_path / "README.md"

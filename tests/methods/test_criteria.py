@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from hf_sparse import SparsityConfig
+from hf_sparse import SparsityConfig, apply_recipe
 from hf_sparse.sparsifier import Sparsifier
 from hf_sparse.methods.criteria import FISHER_DECAY, FisherCriterion, make_criterion
 
@@ -95,7 +95,7 @@ def test_frozen_targets_refuse_an_explicit_fisher_and_turn_the_recipes_into_magn
     model[0].weight.requires_grad_(False)  # a LoRA base
     with pytest.raises(ValueError, match="frozen"):
         Sparsifier(model, SparsityConfig(sparsity=0.5, targets=["0"], method_args={"criterion": "fisher"}))
-    config = SparsityConfig(sparsity=0.5, targets=["0"])
+    config = apply_recipe(SparsityConfig(sparsity=0.5, targets=["0"]))
     assert config.method_args == {"criterion": "fisher"}
     sparsifier = Sparsifier(model, config)
     assert sparsifier.method.criterion.name == "magnitude"

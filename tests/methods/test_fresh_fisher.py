@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from helpers import PairDataset, TinyMLP, VectorDataset, tiny_bert, training_args
-from hf_sparse import SparsityConfig, SparseTrainer
+from hf_sparse import SparsityConfig, SparseTrainer, apply_recipe
 from hf_sparse.core.calibration import GradientRequest, GradientSampler, seeded_batches, split_examples
 from hf_sparse.methods.criteria import FreshFisherCriterion
 from hf_sparse.sparsifier import Sparsifier
@@ -164,7 +164,7 @@ def test_settings_are_checked():
                        ({"criterion": "fisher", "fisher_gradients": "token"}, "fisher_gradients must be one of")):
         with pytest.raises(ValueError, match=match):
             SparsityConfig(sparsity=0.5, method="gmp", method_args=bad)
-    config = SparsityConfig(sparsity=0.5, method="gmp", method_args={"fisher_estimate": "fresh"})  # recipe adds fisher
+    config = apply_recipe(SparsityConfig(sparsity=0.5, method="gmp", method_args={"fisher_estimate": "fresh"}))  # adds fisher
     assert config.method_args["criterion"] == "fisher"
 
 

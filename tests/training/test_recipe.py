@@ -8,13 +8,25 @@ import pytest
 
 from hf_sparse import SparseTrainer, SparsityConfig
 from hf_sparse.training.lr_schedules import RewindingLambda
-from hf_sparse.methods.recipe_defaults import PLAIN_DEFAULTS, RECIPE_UPDATES, recommend_schedule_scale
+from hf_sparse.methods.recipe_defaults import PLAIN_DEFAULTS, RECIPE_UPDATES, apply_recipe, recommend_schedule_scale
 
 from helpers import TinyMLP, VectorDataset, training_args
 
 
+def test_the_config_holds_what_was_asked_and_the_recipe_fills_a_copy():
+    given = SparsityConfig(sparsity=0.9)
+    assert (given.allocation, given.schedule_scale, given.lr_rewinding, given.update_every) == ("auto", None, "auto", None)
+    assert given.method_args == {} and given.recipe_choices is None
+    assert SparsityConfig.from_dict(given.to_dict()) == given  # "auto" round-trips as "auto"
+    filled = apply_recipe(given)
+    assert filled is not given and filled.allocation == "global" and given.allocation == "auto"
+    assert apply_recipe(filled) is filled  # filled once: every layer may call it on what it is given
+    with pytest.raises(ValueError, match="apply_recipe"):
+        given.update_interval(0, 80)
+
+
 def test_only_the_sparsity_gives_the_gmp_recipe():
-    config = SparsityConfig(sparsity=0.9)
+    config = apply_recipe(SparsityConfig(sparsity=0.9))
     assert (config.recipe, config.allocation, config.lr_rewinding, config.update_every) == ("auto", "global", "linear", None)
     assert config.schedule_scale == recommend_schedule_scale(0.9)
     assert config.method_args == {"criterion": "fisher"}
@@ -22,28 +34,28 @@ def test_only_the_sparsity_gives_the_gmp_recipe():
 
 
 def test_recipe_none_is_exactly_the_plain_defaults():
-    config = SparsityConfig(sparsity=0.9, recipe="none")
+    config = apply_recipe(SparsityConfig(sparsity=0.9, recipe="none"))
     assert {k: getattr(config, k) for k in PLAIN_DEFAULTS} == PLAIN_DEFAULTS
     assert config.method_args == {} and config.recipe_choices == {}
 
 
 def test_explicit_values_win_over_the_recipe():
-    config = SparsityConfig(sparsity=0.9, allocation="erk", schedule_scale=1, lr_rewinding=None,
-                            update_every=7, method_args={"initial_jump": None, "criterion": "magnitude"})
+    config = apply_recipe(SparsityConfig(sparsity=0.9, allocation="erk", schedule_scale=1, lr_rewinding=None,
+                                         update_every=7, method_args={"initial_jump": None, "criterion": "magnitude"}))
     assert (config.allocation, config.schedule_scale, config.lr_rewinding, config.update_every) == ("erk", 1.0, None, 7)
     assert config.method_args == {"initial_jump": None, "criterion": "magnitude"} and config.recipe_choices == {}
 
 
 def test_the_recipe_adds_its_method_args_beside_the_users():
     mine = {"initial_jump": 0.5}
-    config = SparsityConfig(sparsity=0.9, method_args=mine)
+    config = apply_recipe(SparsityConfig(sparsity=0.9, method_args=mine))
     assert config.method_args == {"initial_jump": 0.5, "criterion": "fisher"}
     assert config.recipe_choices["criterion"] == "fisher" and "initial_jump" not in config.recipe_choices
     assert mine == {"initial_jump": 0.5}  # the user's dict is not changed
 
 
 def test_resolved_config_round_trips_unchanged():
-    config = SparsityConfig(sparsity=0.8)
+    config = apply_recipe(SparsityConfig(sparsity=0.8))
     again = SparsityConfig.from_dict(config.to_dict())
     assert again == config and again.to_dict() == config.to_dict()
     assert SparsityConfig.from_dict(again.to_dict()) == config
@@ -52,20 +64,22 @@ def test_resolved_config_round_trips_unchanged():
 @pytest.mark.parametrize("kwargs", [dict(sparsity=0.0), dict(method="rigl", sparsity=0.9), dict(method="oneshot", sparsity=0.9)])
 def test_no_recipe_where_none_was_measured(kwargs):
     """Dense runs and methods without a measured recipe keep their plain defaults under 'auto'."""
-    config = SparsityConfig(**kwargs)
+    config = apply_recipe(SparsityConfig(**kwargs))
     assert config.recipe_choices == {}
     assert {k: getattr(config, k) for k in PLAIN_DEFAULTS} == PLAIN_DEFAULTS
 
 
 def test_nm_pattern_keeps_uniform_allocation():
-    assert SparsityConfig(pattern="2:4").allocation == "uniform"
+    assert apply_recipe(SparsityConfig(pattern="2:4")).allocation == "uniform"
+    with pytest.raises(ValueError, match="allocation='uniform'"):
+        SparsityConfig(pattern="2:4", allocation="global")
 
 
 def test_auto_update_interval_spreads_a_fixed_number_of_updates():
-    config = SparsityConfig(sparsity=0.9)
+    config = apply_recipe(SparsityConfig(sparsity=0.9))
     assert config.update_interval(0, 80) == 80 // RECIPE_UPDATES
     assert config.update_interval(0, 3) == 1  # short runs still update every step
-    assert SparsityConfig(sparsity=0.9, update_every=10, schedule_scale=2).update_interval(0, 80) == 20
+    assert apply_recipe(SparsityConfig(sparsity=0.9, update_every=10, schedule_scale=2)).update_interval(0, 80) == 20
 
 
 def test_bad_recipe_name_is_refused():
@@ -82,6 +96,7 @@ def test_trainer_says_logs_and_records_what_the_recipe_changed(tmp_path, caplog)
         trainer = SparseTrainer(model=TinyMLP(), args=args, train_dataset=VectorDataset(), sparsity_config=SparsityConfig(sparsity=0.9))
     scale = recommend_schedule_scale(0.9)
     assert trainer.args.max_steps == 8 * scale and args.max_steps == 8
+    assert trainer.sparsity_config.recipe_choices["criterion"] == "fisher" and trainer.sparsity_config.allocation == "global"
     said = caplog.text
     assert "recipe='none'" in said and f"max_steps 8 -> {int(8 * scale)}" in said and "rewinding" in said
     trainer.train()
