@@ -11,31 +11,14 @@ the tokenizer / image processor saved in the folder.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Optional
 
 from torch import nn
 
-from .convert import to_sparse_inference
-from .plan import PLAN_FILE
+from .loaded import convert_loaded
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt")
 _PROCESSOR_FILES = ("preprocessor_config.json",)
-
-
-def convert_loaded(model: nn.Module, masks: dict, folder: str | os.PathLike, example_inputs: Any = None,
-                   **convert_kwargs: Any) -> nn.Module:
-    """Put a model just loaded from ``folder`` on CSR kernels over the layers its ``masks`` name,
-    by the plan saved in ``folder`` when there is one (applied without timing on the same kind of
-    machine; re-timed, with a warning saying what differs, elsewhere). The one place every loader
-    (:func:`load_sparse_inference`, ``load_sparse(..., sparse_inference=True)``) converts."""
-    folder = os.fspath(folder)
-    model.eval()
-    patterns = [f"^{re.escape(name.rsplit('.', 1)[0])}$" for name in masks if name.endswith(".weight")]
-    convert_kwargs.setdefault("targets", patterns or None)
-    if os.path.isfile(os.path.join(folder, PLAN_FILE)):
-        convert_kwargs.setdefault("plan", folder)
-    return to_sparse_inference(model, example_inputs, **convert_kwargs)
 
 
 def load_sparse_inference(folder: str | os.PathLike, example_inputs: Any = None, **convert_kwargs: Any) -> nn.Module:
@@ -65,4 +48,4 @@ def sparse_pipeline(task: str, folder: str | os.PathLike, example_inputs: Any = 
     return pipeline(task, model=model, **pipeline_kwargs)
 
 
-__all__ = ["convert_loaded", "load_sparse_inference", "sparse_pipeline"]
+__all__ = ["load_sparse_inference", "sparse_pipeline"]

@@ -252,7 +252,7 @@ def load_sparse(
     check_weights_follow_masks(params, masks, folder.directory)
     attach_masks(model, masks)
     if sparse_inference:
-        from ..inference.serving import convert_loaded
+        from ..inference.loaded import convert_loaded
 
         convert_loaded(model, masks, folder.directory, example_inputs)
     return model, masks
