@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 from typing import Any, Mapping, Optional
 
 KEY_MODEL_CONFIG = "hf_sparse_model_config"
@@ -170,7 +171,144 @@ def check_state_binding(directory: str, weights_file: str, weights_id: Optional[
 
 
 def check_checkpoint_state(directory: str, weights_file: str, weights_id: Optional[str]) -> None:
-    """Header-only: a Trainer checkpoint's resume state beside ``weights_file`` is of the same save."""
+    """Header-only: a Trainer checkpoint's resume state beside ``weights_file`` is of the same save, and so
+    are an FSDP2 checkpoint's rank states (:func:`check_rank_states`; file contents are not read)."""
     path = os.path.join(directory, STATE_FILE)
     if os.path.isfile(path):
         check_state_binding(directory, weights_file, weights_id, STATE_FILE, read_header_metadata(path).get(KEY_SAVE_ID))
+    check_rank_states(directory)
+
+
+# -- FSDP2 checkpoints: the Trainer's per-rank files, bound by each rank's hf_sparse state -----------------
+SHARDS_DIR = "hf_sparse_shards"  # hf_sparse.training.fsdp.SHARDS_DIR
+MASKS_FILE = "sparse_masks.safetensors"
+#: header key of a rank's state: JSON {path relative to the checkpoint: [size, crc32]} of Trainer files
+KEY_FILES = "hf_sparse_trainer_files"
+#: what a Trainer resume reads besides the weights hf_sparse binds itself: the sharded (or rank-0) model
+#: and optimizer of FSDP (``pytorch_model_fsdp_0/``, ``optimizer_0/``, ``*.bin``), scheduler, scaler,
+#: RNG states and the trainer state
+TRAINER_RESUME_FILES = ("pytorch_model_fsdp", "optimizer", "scheduler", "scaler", "rng_state", "trainer_state.json")
+_CHUNK = 16 * 2**20
+
+
+def file_digest(path: str) -> list:
+    """[size, crc32 hex] of a file, read in chunks (about 1 GB/s; the files of one rank)."""
+    crc, size = 0, 0
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+    return [size, f"{crc:08x}"]
+
+
+def trainer_resume_files(checkpoint: str) -> list[str]:
+    """Paths (relative, "/"-separated, sorted) of the Trainer's resume files in a checkpoint folder."""
+    found = []
+    for name in sorted(os.listdir(checkpoint)):
+        if not name.startswith(TRAINER_RESUME_FILES):
+            continue
+        path = os.path.join(checkpoint, name)
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found += [os.path.relpath(os.path.join(root, f), checkpoint).replace(os.sep, "/") for f in sorted(files)]
+        else:
+            found.append(name)
+    return found
+
+
+def rank_states(checkpoint: str) -> dict[tuple[int, int], str]:
+    """{(rank, world): folder} of the per-rank hf_sparse states of an FSDP2 checkpoint ({} without any)."""
+    shards = os.path.join(checkpoint, SHARDS_DIR)
+    if not os.path.isdir(shards):
+        return {}
+    found = {}
+    for name in sorted(os.listdir(shards)):
+        parts = name.split("-")
+        if len(parts) != 4 or parts[0] != "rank" or parts[2] != "of" or not (parts[1].isdigit() and parts[3].isdigit()):
+            raise ValueError(f"{shards}/{name}: not a rank folder (rank-R-of-W): a stray file or folder; remove it")
+        found[(int(parts[1]), int(parts[3]))] = os.path.join(shards, name)
+    return found
+
+
+def check_rank_states(checkpoint: str) -> dict[str, list]:
+    """Header-only: every rank state of an FSDP2 checkpoint, its masks and the whole-model save beside them
+    carry one save id, and the Trainer files they recorded are the ones present. Returns the recorded
+    {file: [size, crc32]} (their contents are checked by :func:`check_file_digests`)."""
+    ranks = rank_states(checkpoint)
+    if not ranks:
+        return {}
+    worlds = sorted({world for _, world in ranks})
+    if len(worlds) > 1 or sorted(r for r, _ in ranks) != list(range(worlds[0])):
+        raise ValueError(
+            f"{checkpoint}/{SHARDS_DIR} holds rank folders {sorted(os.path.basename(p) for p in ranks.values())}: "
+            "not one complete set of one world size (folders of another save or run mixed in); resume from an "
+            "untouched checkpoint"
+        )
+    ids: dict[str, Optional[str]] = {}
+    recorded: dict[str, list] = {}
+    legacy = []
+    for (rank, world), folder in sorted(ranks.items()):
+        where = f"{SHARDS_DIR}/{os.path.basename(folder)}"
+        state = os.path.join(folder, STATE_FILE)
+        if not os.path.isfile(state):
+            raise ValueError(f"{checkpoint}: {where} has no {STATE_FILE} (interrupted save?): resume from another checkpoint")
+        header = read_header_metadata(state)
+        ids[f"{where}/{STATE_FILE}"] = header.get(KEY_SAVE_ID)
+        masks = os.path.join(folder, MASKS_FILE)
+        if os.path.isfile(masks):
+            ids[f"{where}/{MASKS_FILE}"] = read_header_metadata(masks).get(KEY_SAVE_ID)
+        if KEY_FILES not in header:
+            legacy.append(where)
+            continue
+        try:
+            files = json.loads(header[KEY_FILES])
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise ValueError(f"{checkpoint}/{where}/{STATE_FILE}: header {KEY_FILES} is corrupt: {err}") from err
+        if not isinstance(files, dict):
+            raise ValueError(f"{checkpoint}/{where}/{STATE_FILE}: header {KEY_FILES} must be a JSON object")
+        recorded.update(files)
+    top = os.path.join(checkpoint, STATE_FILE)
+    if os.path.isfile(top):  # FULL_STATE_DICT: the whole masks and state of the same save
+        ids[STATE_FILE] = read_header_metadata(top).get(KEY_SAVE_ID)
+    if len(set(ids.values())) > 1 or None in ids.values():
+        first = next(iter(ids))
+        odd = next((name for name, value in ids.items() if value != ids[first] or value is None), first)
+        raise ValueError(
+            f"{checkpoint}: {odd} and {first} are not from the same save (save ids {ids[odd]!r} vs {ids[first]!r}; "
+            "files copied between checkpoints or an interrupted save): resuming would pair one rank's masks or "
+            "state with another save's. Resume from an untouched checkpoint"
+        )
+    present = trainer_resume_files(checkpoint)
+    if legacy:
+        if any(name.startswith("pytorch_model_fsdp") for name in present):
+            raise ValueError(
+                f"{checkpoint}: {legacy[0]}/{STATE_FILE} records none of the Trainer's files (written by an older "
+                "hf_sparse), so its sharded model cannot be checked to be of the same save; resume is refused. "
+                "Load the weights and train without resume_from_checkpoint, or resume from a newer checkpoint"
+            )
+        return {}
+    missing = sorted(set(recorded) - set(present))
+    extra = sorted(set(present) - set(recorded))
+    if missing or extra:
+        raise ValueError(
+            f"{checkpoint}: the Trainer's files differ from the ones its save recorded (missing {missing[:3]}, "
+            f"not of this save {extra[:3]}): files copied, deleted or an interrupted save; resume from an "
+            "untouched checkpoint"
+        )
+    return recorded
+
+
+def check_file_digests(checkpoint: str, recorded: Mapping[str, list], rank: int = 0, world: int = 1) -> None:
+    """Contents of the recorded Trainer files (this rank's share: every ``world``-th from ``rank``)."""
+    for index, name in enumerate(sorted(recorded)):
+        if index % world != rank:
+            continue
+        path = os.path.join(checkpoint, *name.split("/"))
+        if file_digest(path) != list(recorded[name]):
+            raise ValueError(
+                f"{path} is not the file its save wrote (size or crc32 differs: copied from another checkpoint, "
+                "edited or truncated): resuming would mix saves. Resume from an untouched checkpoint"
+            )

@@ -64,8 +64,12 @@ def _join(value: Any, tensors: Mapping[str, torch.Tensor], where: str, depth: in
     return value
 
 
-def write_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any], save_id: str) -> None:
-    """Write ``state`` minus its masks as ``sparsity_state.safetensors`` (into a staging folder)."""
+def write_state(
+    directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any], save_id: str,
+    extra: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Write ``state`` minus its masks as ``sparsity_state.safetensors`` (into a staging folder); ``extra``:
+    more header entries (an FSDP2 rank records the Trainer files of its save there)."""
     tensors: dict[str, torch.Tensor] = {}
     body = _split({k: v for k, v in state.items() if k != _MASKS}, "state", tensors)
     document = {
@@ -74,18 +78,22 @@ def write_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[s
         "state": body,
         "masks_file": MASKS_PATTERN.format(suffix="") if state.get(_MASKS) is not None else None,
     }
-    metadata = {"format": "pt", KEY_STATE: json.dumps(document, sort_keys=True), KEY_SAVE_ID: save_id}
+    metadata = {**(extra or {}), "format": "pt", KEY_STATE: json.dumps(document, sort_keys=True), KEY_SAVE_ID: save_id}
     save_file(tensors, os.path.join(directory, STATE_FILE), metadata=with_checksums(tensors, metadata))
 
 
-def save_sparsity_state(directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any]) -> None:
-    """Write a state (its masks as ``sparse_masks.safetensors``) into ``directory`` as one transaction."""
-    save_id = new_save_id()
+def save_sparsity_state(
+    directory: str, state: Mapping[str, Any], config_dict: Mapping[str, Any], save_id: Optional[str] = None,
+    extra: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Write a state (its masks as ``sparse_masks.safetensors``) into ``directory`` as one transaction;
+    ``save_id``: the id of the save it belongs to (a new one by default), ``extra``: see :func:`write_state`."""
+    save_id = save_id or new_save_id()
     masks = state.get(_MASKS)
     with save_transaction(directory, lambda name: name in STATE_FILES or name.startswith("sparse_masks")) as staging:
         if masks is not None:
             save_masks(staging, masks, base_metadata("state", None, masks, save_id, "file"))
-        write_state(staging, state, config_dict, save_id)
+        write_state(staging, state, config_dict, save_id, extra)
 
 
 def has_sparsity_state(directory: str) -> bool:

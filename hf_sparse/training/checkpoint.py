@@ -16,13 +16,15 @@ from ..io.training_state import read_back_checkpoint, write_state
 
 
 def save_checkpoint(
-    output_dir: str, write_trainer_files: Callable[[str], None], sparsity_state: dict, config: Optional[Any]
+    output_dir: str, write_trainer_files: Callable[[str], None], sparsity_state: dict, config: Optional[Any],
+    save_id: Optional[str] = None,
 ) -> None:
     """Write ``output_dir`` transactionally. ``write_trainer_files(folder)`` is the Trainer's own ``_save``
     into the staging folder; ``sparsity_state`` is the engine's ``state_dict()`` (whole masks under FSDP2);
-    ``config`` the run's ``SparsityConfig`` or None."""
+    ``config`` the run's ``SparsityConfig`` or None; ``save_id`` the id of the save (new by default; under
+    FSDP2 the checkpoint's, shared with the rank states)."""
     config_dict = config.to_dict() if config is not None else None
-    save_id = new_save_id()
+    save_id = save_id or new_save_id()
     with save_transaction(output_dir, replaced_by_a_trainer_save, verify=read_back_checkpoint) as staging:
         masks = {name: mask.detach().cpu() for name, mask in sparsity_state["masks"].items()}
         write_dense_checkpoint(staging, lambda header: write_trainer_files(staging), masks, config_dict, save_id)

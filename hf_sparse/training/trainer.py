@@ -116,20 +116,29 @@ class SparseTrainer(Trainer):
         self.save_checkpoint_files(output_dir, state_dict)
 
     def save_checkpoint_files(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None,
-                              sparsity_state: Optional[dict] = None) -> None:
+                              sparsity_state: Optional[dict] = None, save_id: Optional[str] = None) -> None:
         """The Trainer's files plus the masks and resume state, as one transaction (``checkpoint.py``);
         ``sparsity_state`` overrides the engine's own (the whole masks gathered under FSDP2)."""
         if not self.args.should_save:
             return super()._save(output_dir, state_dict)
         save_checkpoint(output_dir if output_dir is not None else self.args.output_dir,
                         lambda staging: super(SparseTrainer, self)._save(staging, state_dict),
-                        sparsity_state or self.sparsifier.state_dict(), self.sparsity_config)
+                        sparsity_state or self.sparsifier.state_dict(), self.sparsity_config, save_id)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Under FSDP2 one save id binds the checkpoint, the Trainer's per-rank files included (``fsdp.py``)."""
+        with fsdp.checkpoint_save(self, trial):
+            super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if fsdp.is_fsdp2(self):  # before the Trainer loads its sharded files: all of one save, or an error
+            fsdp.check_checkpoint(resume_from_checkpoint)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         restore_sparsity_state(self.sparsifier, self.sparsity_config, resume_from_checkpoint, fsdp.is_fsdp2(self))
 
     def _load_best_model(self) -> None:
+        if fsdp.is_fsdp2(self):
+            fsdp.check_checkpoint(self.state.best_model_checkpoint)
         super()._load_best_model()
         restore_sparsity_state(self.sparsifier, self.sparsity_config, self.state.best_model_checkpoint, fsdp.is_fsdp2(self))
 
