@@ -18,15 +18,15 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for helpers
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/scripts/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/scripts/ for fsdp_train
 
 import torch.distributed as dist  # noqa: E402
 
-from fsdp_cpu import enable_cpu_fsdp  # noqa: E402
 from fsdp_train import fsdp_args  # noqa: E402
 from helpers import PairDataset, tiny_bert  # noqa: E402
 from hf_sparse import SparseTrainer, SparsityConfig  # noqa: E402
 from hf_sparse.core.distributed import shutdown_distributed  # noqa: E402
+from hf_sparse.testing_utils import enable_cpu_fsdp  # noqa: E402
 
 SPEC = dict(recipe="none", method="gmp", sparsity=0.8, start=1, end=6, update_every=1,
             targets=[r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|intermediate\.dense|output\.dense)$"])
